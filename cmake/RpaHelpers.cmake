@@ -31,6 +31,13 @@ endfunction()
 
 # Sanitizers apply to every target of the build (tests must match the library).
 macro(rpa_configure_sanitizers)
+  if(RPA_LIBFUZZER)
+    if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+      message(FATAL_ERROR "RPA_LIBFUZZER needs clang (got ${CMAKE_CXX_COMPILER_ID}): use the 'fuzz' preset")
+    endif()
+    # Coverage instrumentation for every target, so libFuzzer sees the library's branches.
+    add_compile_options(-fsanitize=fuzzer-no-link)
+  endif()
   if(RPA_SANITIZE)
     if(RPA_SANITIZE STREQUAL "thread" OR RPA_SANITIZE STREQUAL "address,undefined"
        OR RPA_SANITIZE STREQUAL "address" OR RPA_SANITIZE STREQUAL "undefined")
