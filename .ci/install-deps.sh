@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build pkgconf git
   clang libclang-rt-14-dev            # libFuzzer and the clang sanitizer runtimes
   libboost-context-dev                # fibers (runtime)
+  libboost-fiber-dev                  # baseline in the runtime benchmark only
   liburing-dev                        # io_uring reactor (runtime)
   libmimalloc-dev                     # KV arena (memory)
   libeigen3-dev                       # kernels (attention)

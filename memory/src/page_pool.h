@@ -1,0 +1,603 @@
+#pragma once
+
+// PagePool<Atom>: the lock-free engine behind PageAllocator. memory/README.md
+// ("Page allocator") describes the protocol; this file carries the proofs.
+//
+// Templated on the atomic type so tests can run this exact code under a
+// deterministic, seeded schedule (tests/support/deterministic_schedule.h);
+// production uses PagePool<std::atomic>, instantiated in page_allocator.cc.
+// Fences go through AtomicTraits<Atom>::ThreadFence so the schedule sees them.
+//
+// Where a page is, at any instant:
+//   global pool   a Treiber stack of page indices linked through next_[];
+//                 head_ = {index:32, tag:32} in one 64-bit word
+//   thread cache  a bounded Chase-Lev deque per cache slot (Cache): the
+//                 owning thread pushes/pops at `bottom`, thieves take at `top`
+//   in transit    held by a call that moves pages between the two, inside a
+//                 BeginTransfer/EndTransfer bracket (see Reclaim), or by an
+//                 Allocate between taking the page and returning it
+//   allocated     state_[p] == kAllocated; owned by the caller
+// Free pages have state_[p] == kFree. A page moves from "allocated" to a free
+// structure only through a successful CAS kAllocated -> kFree, which is what
+// makes double frees impossible to miss: two frees cannot both win it.
+//
+// Thread-safety: all members may be called concurrently, except construction
+// and destruction. Memory ordering: see each function.
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <memory_resource>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "rpa/memory/page_allocator.h"
+#include "rpa/memory/page_id.h"
+#include "rpa/runtime/check.h"
+#include "rpa/runtime/sanitizers.h"
+#include "rpa/runtime/status.h"
+
+namespace rpa::memory::internal {
+
+inline constexpr std::size_t kCacheLineBytes = 64;
+inline constexpr std::uint32_t kNilPage = 0xFFFFFFFFu;
+// Limits enforced by PageAllocator::Create (they bound the metadata size).
+inline constexpr std::uint32_t kMaxThreadCachePages = 1u << 16;
+inline constexpr std::uint32_t kMaxThreadCaches = 4096;
+
+// A full fence. clang lowers a seq_cst fence to `mfence`, which costs ~20 ns
+// on the AMD EPYC VMs we measured (serializing there); a locked RMW of the
+// stack top is an equally strong barrier for ordinary write-back memory and
+// costs ~2.5 ns (gcc already emits exactly this). ThreadSanitizer keeps the
+// standard fence so it sees one.
+inline void SystemThreadFence(std::memory_order order) noexcept {
+#if defined(__x86_64__) && !RPA_HAS_TSAN
+  if (order == std::memory_order_seq_cst) {
+    asm volatile("lock orq $0, (%%rsp)" ::: "memory", "cc");
+    return;
+  }
+#endif
+  std::atomic_thread_fence(order);
+}
+
+// The fence hook: an atomic type may define a static ThreadFence (the
+// deterministic test's DeterministicAtomic makes it a scheduling point).
+template <template <typename> class Atom>
+struct AtomicTraits {
+  static void ThreadFence(std::memory_order order) noexcept {
+    if constexpr (requires { Atom<std::uint32_t>::ThreadFence(order); }) {
+      Atom<std::uint32_t>::ThreadFence(order);
+    } else {
+      SystemThreadFence(order);
+    }
+  }
+};
+
+// Process-wide registry of live pools, so a thread-exit hook never touches a
+// destroyed pool. Ids are unique and never reused, which is also what lets a
+// thread's cache memo keep stale entries safely. Slow paths only.
+class LivePools {
+ public:
+  static std::uint64_t Register() {  // may throw std::bad_alloc
+    State& s = Get();
+    std::lock_guard<std::mutex> lock(s.mu);
+    const std::uint64_t id = s.next_id;
+    s.live.push_back(id);  // ids increase, so `live` stays sorted
+    ++s.next_id;
+    return id;
+  }
+  static void Unregister(std::uint64_t id) noexcept {
+    State& s = Get();
+    std::lock_guard<std::mutex> lock(s.mu);
+    auto it = std::lower_bound(s.live.begin(), s.live.end(), id);
+    if (it != s.live.end() && *it == id) s.live.erase(it);
+  }
+  static bool IsLive(std::uint64_t id) noexcept {
+    return IfLive(id, [] {});
+  }
+  // Runs fn() under the registry lock if pool `id` is alive (so it cannot be
+  // destroyed meanwhile); returns whether it ran.
+  template <typename Fn>
+  static bool IfLive(std::uint64_t id, Fn&& fn) noexcept {
+    State& s = Get();
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!std::binary_search(s.live.begin(), s.live.end(), id)) return false;
+    fn();
+    return true;
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::vector<std::uint64_t> live;
+    std::uint64_t next_id = 1;  // 0 means "no pool" in the thread memo
+  };
+  static State& Get() noexcept {
+    // Leaked on purpose: thread-exit hooks may run after static destructors.
+    static State* const state = new State;
+    return *state;
+  }
+};
+
+// An array of T from a pmr resource, constructed element by element.
+template <typename T>
+class MetadataArray {
+ public:
+  MetadataArray() = default;
+  // init(T* where, std::size_t i) constructs element i and must not throw.
+  template <typename Init>
+  MetadataArray(std::pmr::memory_resource* resource, std::size_t size, std::size_t alignment,
+                Init init)
+      : resource_(resource), size_(size), alignment_(std::max(alignment, alignof(T))) {
+    if (size_ == 0) return;
+    data_ = static_cast<T*>(resource_->allocate(size_ * sizeof(T), alignment_));
+    for (std::size_t i = 0; i < size_; ++i) init(data_ + i, i);
+  }
+  ~MetadataArray() {
+    if (data_ == nullptr) return;
+    std::destroy_n(data_, size_);
+    resource_->deallocate(data_, size_ * sizeof(T), alignment_);
+  }
+  MetadataArray(const MetadataArray&) = delete;
+  MetadataArray& operator=(const MetadataArray&) = delete;
+
+  T& operator[](std::size_t i) const { return data_[i]; }
+  T* data() const { return data_; }
+
+ private:
+  std::pmr::memory_resource* resource_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t alignment_ = 1;
+  T* data_ = nullptr;
+};
+
+template <template <typename> class Atom>
+class PagePool {
+ public:
+  // `options` must be valid (PageAllocator::Create checks them). Throws
+  // std::bad_alloc if options.metadata cannot supply the bookkeeping.
+  explicit PagePool(const PageAllocatorOptions& options);
+  ~PagePool();
+  PagePool(const PagePool&) = delete;
+  PagePool& operator=(const PagePool&) = delete;
+
+  // Bytes taken from options.metadata (for error messages).
+  static std::size_t MetadataBytes(const PageAllocatorOptions& options);
+
+  std::optional<PageId> Allocate() noexcept {
+    Cache* cache = LocalCache();
+    if (cache == nullptr) return AllocateUncached();
+    std::uint32_t page = Take(*cache);
+    if (page == kNilPage) [[unlikely]] return AllocateRefill(*cache);
+    Commit(page);
+    CountAllocations(*cache, 1);
+    return MakePageId(page);
+  }
+
+  bool AllocateN(std::span<PageId> pages) noexcept;
+
+  Status Free(PageId page) noexcept {
+    const std::uint32_t index = PageIndex(page);
+    if (index >= num_pages_) [[unlikely]] return OutOfRangeError("", index);
+    std::uint8_t expected = kAllocated;
+    // Relaxed: the CAS only arbitrates ownership of the page between racing
+    // frees. Data visibility for the next owner is carried by the release
+    // with which the page is published (deque bottom / stack head).
+    if (!state_[index].compare_exchange_strong(expected, kFree, std::memory_order_relaxed,
+                                               std::memory_order_relaxed)) [[unlikely]] {
+      return NotAllocatedError("", index);
+    }
+    Poison(index);
+    Cache* cache = LocalCache();
+    if (cache == nullptr) {
+      PushChain(index, index);
+      CountUncached(-1);
+    } else if (TryPush(*cache, index)) [[likely]] {
+      CountFrees(*cache, 1);
+    } else {
+      FreeFlushing(*cache, index);
+    }
+    return OkStatus();
+  }
+
+  Status FreeN(std::span<const PageId> pages) noexcept;
+
+  bool IsAllocated(PageId page) const noexcept {
+    const std::uint32_t index = PageIndex(page);
+    return index < num_pages_ && state_[index].load(std::memory_order_relaxed) == kAllocated;
+  }
+
+  PageAllocatorStats Stats() const noexcept;
+  std::uint32_t num_pages() const noexcept { return num_pages_; }
+  // Deque capacity of each cache (thread_cache_pages rounded up to a power
+  // of two), 0 without caches.
+  std::uint32_t cache_capacity() const noexcept { return capacity_; }
+
+  // Releases the calling thread's cache slot now, as thread exit does: the
+  // slot becomes orphaned with its pages (stealable, adoptable). Tests under
+  // the deterministic schedule call it so the release is scheduled too.
+  void ReleaseThreadCache() noexcept;
+  // For tests: whether the calling thread has (or can claim) a cache.
+  bool HasThreadCache() noexcept { return LocalCache() != nullptr; }
+  std::uint32_t CountOwnedCaches() const noexcept { return CountSlots(kSlotOwned); }
+  std::uint32_t CountOrphanedCaches() const noexcept { return CountSlots(kSlotOrphaned); }
+
+ private:
+  static constexpr std::uint8_t kFree = 0;
+  static constexpr std::uint8_t kAllocated = 1;
+  static constexpr std::uint32_t kSlotUnused = 0;  // never claimed: empty
+  static constexpr std::uint32_t kSlotOwned = 1;
+  static constexpr std::uint32_t kSlotOrphaned = 2;  // owner exited; may hold pages
+  // AllocateN pops the global stack in chunks so one CAS never has to win
+  // against other threads for the duration of a 2048-node walk.
+  static constexpr std::uint32_t kMaxPopChunk = 256;
+  // Reclaim rescans only while transfers are seen moving (bounded: never blocks).
+  static constexpr int kMaxReclaimScans = 64;
+  // transfers_: low 32 bits = transfers in progress, high 32 = completed.
+  static constexpr std::uint64_t kTransferBegin = 1;
+  static constexpr std::uint64_t kTransferEnd = (std::uint64_t{1} << 32) - 1;  // +1 done, -1 busy
+  static constexpr std::size_t kMemoEntries = 16;
+
+  using Traits = AtomicTraits<Atom>;
+
+  // One thread cache: a bounded Chase-Lev work-stealing deque of page indices
+  // (Chase & Lev, SPAA'05; orderings after Le, Pop, Cohen, Zappa Nardelli,
+  // PPoPP'13), holding [top, bottom) in slots[i & mask]. Invariant outside
+  // Take: top <= bottom <= top + capacity.
+  struct alignas(kCacheLineBytes) Cache {
+    explicit Cache(Atom<std::uint32_t>* cache_slots) : slots(cache_slots) {}
+    // Owner's line: written by the owner only.
+    Atom<std::int64_t> bottom{0};
+    Atom<std::int64_t> delta{0};  // allocations - frees not yet published to used_
+    Atom<std::int64_t> peak{0};   // max prefix of delta since the last publish
+    std::int64_t top_bound = 0;   // owner-private lower bound of top
+    Atom<std::uint32_t>* const slots;
+    // Thieves' line: top moves by CAS only (thieves, or the owner's batch take).
+    alignas(kCacheLineBytes) Atom<std::int64_t> top{0};
+    Atom<std::uint32_t> owner{kSlotUnused};
+  };
+
+  // The calling thread's memo of its caches. Trivially destructible and
+  // constant-initialized, so the hot path reads it with no TLS wrapper call.
+  struct ThreadMemo {
+    struct Entry {
+      std::uint64_t id;
+      PagePool* pool;
+      Cache* cache;  // nullptr: this thread uses that pool's global stack
+    };
+    std::uint64_t hot_id = 0;
+    Cache* hot_cache = nullptr;
+    std::uint32_t num_entries = 0;
+    bool exiting = false;
+    Entry entries[kMemoEntries] = {};
+  };
+  // Registers the thread-exit release the first time a thread claims a slot.
+  struct ExitHook {
+    bool armed = false;
+    ~ExitHook() {
+      if (armed) ReleaseAllAtThreadExit();
+    }
+  };
+  static inline thread_local constinit ThreadMemo memo_{};
+  static inline thread_local ExitHook exit_hook_;
+
+  static std::uint64_t PackHead(std::uint32_t index, std::uint32_t tag) {
+    return (std::uint64_t{tag} << 32) | index;
+  }
+  static std::uint32_t HeadIndex(std::uint64_t head) { return static_cast<std::uint32_t>(head); }
+  static std::uint32_t HeadTag(std::uint64_t head) {
+    return static_cast<std::uint32_t>(head >> 32);
+  }
+
+  Atom<std::uint32_t>& Slot(const Cache& cache, std::int64_t i) const {
+    return cache.slots[static_cast<std::size_t>(i) & mask_];
+  }
+
+  // ---- Thread cache slots -------------------------------------------------
+
+  Cache* LocalCache() noexcept {
+    ThreadMemo& memo = memo_;
+    if (memo.hot_id == id_) [[likely]] return memo.hot_cache;
+    return LocalCacheSlow();
+  }
+  Cache* LocalCacheSlow() noexcept;
+  Cache* ClaimCache() noexcept;
+  void ReleaseCache(Cache& cache) noexcept;
+  static void ReleaseAllAtThreadExit() noexcept;
+  std::uint32_t CountSlots(std::uint32_t state) const noexcept;
+
+  // ---- Chase-Lev deque ------------------------------------------------------
+
+  // Owner: pushes one page at the bottom; false if the deque is full.
+  // Memory ordering: the release store of bottom publishes the slot (and the
+  // page's contents) to a thief's acquire load of bottom. top is read with
+  // acquire (here or when top_bound was last refreshed) so that a thief's
+  // read of a slot happens-before the owner overwrites it after wrapping.
+  bool TryPush(Cache& cache, std::uint32_t page) noexcept {
+    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
+    if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_)) [[unlikely]] {
+      cache.top_bound = cache.top.load(std::memory_order_acquire);
+      if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_)) return false;
+    }
+    Slot(cache, b).store(page, std::memory_order_relaxed);
+    cache.bottom.store(b + 1, std::memory_order_release);
+    return true;
+  }
+
+  // Owner: pops the page at the bottom, kNilPage if empty. The owner first
+  // reserves the slot by lowering bottom, then (after a full fence) reads top:
+  // the fence forbids the store->load reordering that would let the owner and
+  // a thief, each missing the other's write, both take the last page. If the
+  // reserved slot is the only one (t == b) owner and thieves race with a CAS
+  // on top, exactly as two thieves would.
+  std::uint32_t Take(Cache& cache) noexcept {
+    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed) - 1;
+    cache.bottom.store(b, std::memory_order_relaxed);
+    Traits::ThreadFence(std::memory_order_seq_cst);
+    std::int64_t t = cache.top.load(std::memory_order_acquire);
+    if (t > b) [[unlikely]] {  // empty
+      cache.bottom.store(b + 1, std::memory_order_relaxed);
+      cache.top_bound = t;
+      return kNilPage;
+    }
+    std::uint32_t page = Slot(cache, b).load(std::memory_order_relaxed);
+    if (t == b) {
+      if (cache.top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                            std::memory_order_relaxed)) {
+        ++t;
+      } else {
+        page = kNilPage;  // a thief took it; t now holds the newer top
+      }
+      cache.bottom.store(b + 1, std::memory_order_relaxed);
+    }
+    cache.top_bound = t;
+    return page;
+  }
+
+  // Owner: takes up to max_pages (exactly max_pages or none if `exactly`)
+  // from the top with one CAS, then hands them to sink(i, page). Reading the
+  // slots after the CAS is safe: only the owner (the caller) writes slots.
+  template <typename Sink>
+  std::uint32_t TakeTop(Cache& cache, std::size_t max_pages, bool exactly, Sink&& sink) noexcept {
+    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
+    std::int64_t t = cache.top.load(std::memory_order_acquire);
+    for (;;) {
+      const std::int64_t n = std::min(b - t, static_cast<std::int64_t>(max_pages));
+      if (n <= 0 || (exactly && n < static_cast<std::int64_t>(max_pages))) {
+        cache.top_bound = t;
+        return 0;
+      }
+      if (cache.top.compare_exchange_weak(t, t + n, std::memory_order_acq_rel,
+                                          std::memory_order_acquire)) {
+        for (std::int64_t i = 0; i < n; ++i) {
+          sink(static_cast<std::uint32_t>(i), Slot(cache, t + i).load(std::memory_order_relaxed));
+        }
+        cache.top_bound = t + n;
+        return static_cast<std::uint32_t>(n);
+      }
+    }
+  }
+
+  // Owner: pushes pages (room for them must have been checked) with one
+  // release store of bottom.
+  void PushN(Cache& cache, std::span<const PageId> pages) noexcept {
+    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      Slot(cache, b + static_cast<std::int64_t>(i)).store(PageIndex(pages[i]),
+                                                          std::memory_order_relaxed);
+    }
+    cache.bottom.store(b + static_cast<std::int64_t>(pages.size()), std::memory_order_release);
+  }
+  bool HasRoom(Cache& cache, std::size_t n) noexcept {
+    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
+    const auto limit = static_cast<std::int64_t>(capacity_ - n);
+    if (b - cache.top_bound <= limit) return true;
+    cache.top_bound = cache.top.load(std::memory_order_acquire);
+    return b - cache.top_bound <= limit;
+  }
+
+  enum class StealResult { kStolen, kEmpty, kLostRace };
+  // Any thread: takes the page at the top. The acquire load of bottom pairs
+  // with the owner's release store in TryPush/PushN/Refill (slot contents and
+  // page data become visible); the fence between reading top and bottom is
+  // the thief's half of the store-buffering argument in Take.
+  StealResult Steal(Cache& cache, std::uint32_t* page) noexcept {
+    std::int64_t t = cache.top.load(std::memory_order_acquire);
+    Traits::ThreadFence(std::memory_order_seq_cst);
+    const std::int64_t b = cache.bottom.load(std::memory_order_acquire);
+    if (t >= b) return StealResult::kEmpty;
+    const std::uint32_t value = Slot(cache, t).load(std::memory_order_relaxed);
+    if (!cache.top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed)) {
+      return StealResult::kLostRace;
+    }
+    *page = value;
+    return StealResult::kStolen;
+  }
+
+  // ---- Global pool: a Treiber stack with a tagged head --------------------
+
+  // Pushes the private chain first -> ... -> last (already linked through
+  // next_) with one CAS. The release CAS publishes the links and the pages'
+  // contents; every successful CAS bumps the tag, so a stale head never
+  // compares equal (ABA).
+  void PushChain(std::uint32_t first, std::uint32_t last) noexcept {
+    std::uint64_t head = head_.load(std::memory_order_relaxed);
+    do {
+      next_[last].store(HeadIndex(head), std::memory_order_relaxed);
+    } while (!head_.compare_exchange_weak(head, PackHead(first, HeadTag(head) + 1),
+                                          std::memory_order_release,
+                                          std::memory_order_relaxed));
+  }
+
+  // Takes up to max_pages from the top with one CAS, calling sink(i, page)
+  // for each while walking (a failed CAS walks again, overwriting). Walking
+  // nodes another thread may pop meanwhile is safe: next_ entries are atomics
+  // that only ever hold page indices or kNilPage, the walk is bounded by
+  // max_pages, and if the head (with its tag) is unchanged at the CAS then no
+  // push or pop happened since it was read, so every node walked was in the
+  // stack throughout with the links we read. The acquire load/CAS of head
+  // synchronizes with the release of every push (all later head writes are
+  // RMWs, which continue each push's release sequence), so the relaxed link
+  // reads see the pushed values. Success is also a release: Reclaim relies on
+  // a thief that sees the pop also seeing the popper's BeginTransfer.
+  template <typename Sink>
+  std::uint32_t PopBatch(std::uint32_t max_pages, Sink&& sink) noexcept {
+    std::uint64_t head = head_.load(std::memory_order_acquire);
+    for (;;) {
+      std::uint32_t page = HeadIndex(head);
+      if (page == kNilPage) return 0;
+      std::uint32_t n = 0;
+      for (;;) {
+        sink(n++, page);
+        page = next_[page].load(std::memory_order_relaxed);
+        if (n == max_pages || page == kNilPage) break;
+      }
+      if (head_.compare_exchange_weak(head, PackHead(page, HeadTag(head) + 1),
+                                      std::memory_order_acq_rel, std::memory_order_acquire)) {
+        return n;
+      }
+    }
+  }
+  std::uint32_t PopOne() noexcept {
+    std::uint32_t page = kNilPage;
+    PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; });
+    return page;
+  }
+  bool GlobalLooksEmpty() const noexcept {
+    return HeadIndex(head_.load(std::memory_order_relaxed)) == kNilPage;
+  }
+
+  // ---- Moving batches, reclaiming ------------------------------------------
+
+  void BeginTransfer() noexcept { transfers_.fetch_add(kTransferBegin, std::memory_order_seq_cst); }
+  void EndTransfer() noexcept { transfers_.fetch_add(kTransferEnd, std::memory_order_seq_cst); }
+
+  std::uint32_t Refill(Cache& cache) noexcept;
+  void Flush(Cache& cache) noexcept;
+  std::uint32_t StealFromAny(const Cache* own) noexcept;
+  std::uint32_t Reclaim(Cache* own) noexcept;
+  std::optional<PageId> AllocateRefill(Cache& cache) noexcept;
+  std::optional<PageId> AllocateUncached() noexcept;
+  void FreeFlushing(Cache& cache, std::uint32_t page) noexcept;
+  bool AllocateNSlow(std::span<PageId> pages, Cache* cache) noexcept;
+  void ReturnToGlobal(std::span<const PageId> pages) noexcept;
+
+  // The page is ours (just taken from a free structure): mark it allocated.
+  // Relaxed suffices: the store happens-after the freeing CAS (through the
+  // release/acquire that carried the page here), so it is later in the
+  // state's modification order and the next Free's CAS sees it.
+  void Commit(std::uint32_t page) noexcept {
+    state_[page].store(kAllocated, std::memory_order_relaxed);
+    Unpoison(page);
+  }
+
+  // ---- Counters ---------------------------------------------------------------
+  // used_ holds published allocation counts; each cache accumulates its own
+  // (delta, peak) privately and publishes them when it exchanges a batch with
+  // the global pool, so the hot path writes only its own line. Threads
+  // without a cache publish every operation.
+
+  void CountAllocations(Cache& cache, std::int64_t n) noexcept {
+    const std::int64_t delta = cache.delta.load(std::memory_order_relaxed) + n;
+    cache.delta.store(delta, std::memory_order_relaxed);
+    if (delta > cache.peak.load(std::memory_order_relaxed)) {
+      cache.peak.store(delta, std::memory_order_relaxed);
+    }
+  }
+  void CountFrees(Cache& cache, std::int64_t n) noexcept {
+    cache.delta.store(cache.delta.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+  }
+  void Publish(Cache& cache) noexcept {
+    const std::int64_t delta = cache.delta.load(std::memory_order_relaxed);
+    const std::int64_t peak = cache.peak.load(std::memory_order_relaxed);
+    cache.delta.store(0, std::memory_order_relaxed);
+    cache.peak.store(0, std::memory_order_relaxed);
+    const std::int64_t before = used_.fetch_add(delta, std::memory_order_relaxed);
+    RaiseHighWater(before + peak);
+  }
+  void CountUncached(std::int64_t n) noexcept {
+    const std::int64_t before = used_.fetch_add(n, std::memory_order_relaxed);
+    if (n > 0) RaiseHighWater(before + n);
+  }
+  void RaiseHighWater(std::int64_t used) const noexcept {
+    std::int64_t seen = high_water_.load(std::memory_order_relaxed);
+    while (used > seen && !high_water_.compare_exchange_weak(seen, used, std::memory_order_relaxed,
+                                                             std::memory_order_relaxed)) {
+    }
+  }
+
+  // ---- ASan ---------------------------------------------------------------
+
+  void Poison(std::uint32_t page) const noexcept {
+#if RPA_HAS_ASAN
+    ForEachPlane(page, [](std::byte* p, std::size_t n) { RPA_ASAN_POISON(p, n); });
+#else
+    (void)page;
+#endif
+  }
+  void Unpoison(std::uint32_t page) const noexcept {
+#if RPA_HAS_ASAN
+    ForEachPlane(page, [](std::byte* p, std::size_t n) { RPA_ASAN_UNPOISON(p, n); });
+#else
+    (void)page;
+#endif
+  }
+  template <typename Fn>
+  void ForEachPlane(std::uint32_t page, Fn&& fn) const noexcept {
+    if (memory_.base == nullptr) return;
+    for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
+      fn(memory_.base + plane * memory_.plane_stride_bytes + page * memory_.page_bytes,
+         memory_.page_bytes);
+    }
+  }
+
+  // ---- Errors ---------------------------------------------------------------
+
+  Status OutOfRangeError(const std::string& where, std::uint32_t index) const {
+    return InvalidArgumentError(where + "page id " + std::to_string(index) + " out of range [0, " +
+                                std::to_string(num_pages_) + ")");
+  }
+  static Status NotAllocatedError(const std::string& where, std::uint32_t index) {
+    return InvalidArgumentError(where + "page " + std::to_string(index) +
+                                " is not allocated (double free?)");
+  }
+
+  // Read-only after construction.
+  std::uint64_t id_ = 0;
+  const std::uint32_t num_pages_;
+  const std::uint32_t capacity_;   // deque capacity, a power of two; 0: no caches
+  const std::size_t mask_;         // capacity_ - 1
+  const std::uint32_t batch_;      // pages moved per refill/flush: capacity_ / 2
+  const std::uint32_t max_caches_;
+  const std::size_t slot_stride_;  // slots per cache, padded to whole cache lines
+  const PageMemory memory_;
+  MetadataArray<Atom<std::uint8_t>> state_;
+  MetadataArray<Atom<std::uint32_t>> next_;
+  MetadataArray<Atom<std::uint32_t>> slots_;
+  MetadataArray<Cache> caches_;
+
+  // Shared by every exchange with the global pool: one line, so an exchange
+  // (transfer bracket, head CAS, used_ publish) misses once.
+  alignas(kCacheLineBytes) Atom<std::uint64_t> head_;
+  Atom<std::uint64_t> transfers_{0};
+  Atom<std::int64_t> used_{0};
+  mutable Atom<std::int64_t> high_water_{0};
+  Atom<std::uint32_t> slots_high_{0};  // caches_[0, slots_high_) were ever claimed
+};
+
+}  // namespace rpa::memory::internal
+
+#include "page_pool_impl.h"  // IWYU pragma: export
+
+namespace rpa::memory::internal {
+// Instantiated once, in page_allocator.cc.
+extern template class PagePool<std::atomic>;
+}  // namespace rpa::memory::internal

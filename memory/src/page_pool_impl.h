@@ -1,0 +1,473 @@
+#pragma once
+
+// Out-of-line members of PagePool<Atom> (the slow paths): cache slots and the
+// thread memo, batch exchanges with the global pool, reclaiming, the batch
+// calls and the counters. Included at the end of page_pool.h only.
+
+#include "page_pool.h"  // IWYU pragma: keep
+
+namespace rpa::memory::internal {
+
+namespace page_pool_detail {
+
+inline void CheckValidated(const PageAllocatorOptions& options) {
+  RPA_CHECK(options.num_pages > 0 && options.num_pages < (std::uint32_t{1} << 31));
+  RPA_CHECK(options.thread_cache_pages != 1 &&
+            options.thread_cache_pages <= kMaxThreadCachePages);
+  RPA_CHECK(options.max_thread_caches <= kMaxThreadCaches);
+  RPA_CHECK(options.metadata != nullptr);
+}
+
+inline std::uint32_t CacheCapacity(const PageAllocatorOptions& options) {
+  if (options.thread_cache_pages == 0 || options.max_thread_caches == 0) return 0;
+  return std::bit_ceil(options.thread_cache_pages);
+}
+
+// Slots per cache, rounded up to whole cache lines so that two caches'
+// slots never share a line.
+template <typename Slot>
+std::size_t SlotStride(std::uint32_t capacity) {
+  const std::size_t per_line = std::max<std::size_t>(1, kCacheLineBytes / sizeof(Slot));
+  return (capacity + per_line - 1) / per_line * per_line;
+}
+
+}  // namespace page_pool_detail
+
+template <template <typename> class Atom>
+PagePool<Atom>::PagePool(const PageAllocatorOptions& options)
+    : num_pages_((page_pool_detail::CheckValidated(options), options.num_pages)),
+      capacity_(page_pool_detail::CacheCapacity(options)),
+      mask_(capacity_ == 0 ? 0 : capacity_ - 1),
+      batch_(capacity_ / 2),
+      max_caches_(capacity_ == 0 ? 0 : options.max_thread_caches),
+      slot_stride_(page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity_)),
+      memory_(options.memory),
+      state_(options.metadata, num_pages_, alignof(Atom<std::uint8_t>),
+             [](Atom<std::uint8_t>* where, std::size_t) { new (where) Atom<std::uint8_t>(kFree); }),
+      // Initially every page is in the global stack, in order: 0 -> 1 -> ...
+      next_(options.metadata, num_pages_, alignof(Atom<std::uint32_t>),
+            [n = num_pages_](Atom<std::uint32_t>* where, std::size_t i) {
+              new (where) Atom<std::uint32_t>(i + 1 < n ? static_cast<std::uint32_t>(i + 1)
+                                                        : kNilPage);
+            }),
+      slots_(options.metadata, max_caches_ * slot_stride_, kCacheLineBytes,
+             [](Atom<std::uint32_t>* where, std::size_t) {
+               new (where) Atom<std::uint32_t>(kNilPage);
+             }),
+      caches_(options.metadata, max_caches_, kCacheLineBytes,
+              [this](Cache* where, std::size_t i) {
+                new (where) Cache(slots_.data() + i * slot_stride_);
+              }),
+      head_(PackHead(0, 0)) {
+  id_ = LivePools::Register();  // last: nothing else can throw after it
+#if RPA_HAS_ASAN
+  if (memory_.base != nullptr) {
+    for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
+      RPA_ASAN_POISON(memory_.base + plane * memory_.plane_stride_bytes,
+                      std::size_t{num_pages_} * memory_.page_bytes);
+    }
+  }
+#endif
+}
+
+template <template <typename> class Atom>
+PagePool<Atom>::~PagePool() {
+  // From here on no thread-exit hook touches this pool; live threads' memo
+  // entries for it are never matched again (ids are not reused).
+  LivePools::Unregister(id_);
+#if RPA_HAS_ASAN
+  // The page memory belongs to the caller and outlives us: leave it usable.
+  if (memory_.base != nullptr) {
+    for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
+      RPA_ASAN_UNPOISON(memory_.base + plane * memory_.plane_stride_bytes,
+                        std::size_t{num_pages_} * memory_.page_bytes);
+    }
+  }
+#endif
+}
+
+template <template <typename> class Atom>
+std::size_t PagePool<Atom>::MetadataBytes(const PageAllocatorOptions& options) {
+  const std::uint32_t capacity = page_pool_detail::CacheCapacity(options);
+  const std::size_t caches = capacity == 0 ? 0 : options.max_thread_caches;
+  const std::size_t pages = options.num_pages;
+  return pages * (sizeof(Atom<std::uint8_t>) + sizeof(Atom<std::uint32_t>)) +
+         caches * (sizeof(Cache) + page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity) *
+                                       sizeof(Atom<std::uint32_t>));
+}
+
+// ---- Thread cache slots ------------------------------------------------------
+
+template <template <typename> class Atom>
+typename PagePool<Atom>::Cache* PagePool<Atom>::LocalCacheSlow() noexcept {
+  ThreadMemo& memo = memo_;
+  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
+    if (memo.entries[i].id == id_) {
+      memo.hot_id = id_;
+      memo.hot_cache = memo.entries[i].cache;
+      return memo.hot_cache;
+    }
+  }
+  Cache* cache = nullptr;
+  if (capacity_ != 0 && !memo.exiting) {
+    if (memo.num_entries == kMemoEntries) {
+      // Drop entries of destroyed pools (their slots died with them).
+      for (std::uint32_t i = 0; i < memo.num_entries;) {
+        if (LivePools::IsLive(memo.entries[i].id)) {
+          ++i;
+        } else {
+          memo.entries[i] = memo.entries[--memo.num_entries];
+        }
+      }
+    }
+    // With kMemoEntries live pools already in use, this thread uses this
+    // pool's global stack (uncached) rather than claim a slot it could not
+    // remember to release.
+    if (memo.num_entries < kMemoEntries) {
+      cache = ClaimCache();
+      memo.entries[memo.num_entries++] = {id_, this, cache};
+      if (cache != nullptr) exit_hook_.armed = true;
+    }
+  }
+  memo.hot_id = id_;
+  memo.hot_cache = cache;
+  return cache;
+}
+
+template <template <typename> class Atom>
+typename PagePool<Atom>::Cache* PagePool<Atom>::ClaimCache() noexcept {
+  for (std::uint32_t i = 0; i < max_caches_; ++i) {
+    Cache& cache = caches_[i];
+    std::uint32_t state = cache.owner.load(std::memory_order_relaxed);
+    if (state == kSlotOwned) continue;
+    // Acquire: adopting an orphan continues its previous owner's deque, so
+    // that owner's writes (bottom, slots, private fields) must be visible;
+    // pairs with the release in ReleaseCache.
+    if (cache.owner.compare_exchange_strong(state, kSlotOwned, std::memory_order_acquire,
+                                            std::memory_order_relaxed)) {
+      // Thieves and Stats scan caches_[0, slots_high_). Relaxed: the deque
+      // itself carries the ordering (thieves acquire bottom).
+      std::uint32_t high = slots_high_.load(std::memory_order_relaxed);
+      while (high < i + 1 && !slots_high_.compare_exchange_weak(high, i + 1,
+                                                                std::memory_order_relaxed,
+                                                                std::memory_order_relaxed)) {
+      }
+      return &cache;
+    }
+  }
+  return nullptr;
+}
+
+template <template <typename> class Atom>
+void PagePool<Atom>::ReleaseCache(Cache& cache) noexcept {
+  Publish(cache);
+  cache.owner.store(kSlotOrphaned, std::memory_order_release);
+}
+
+template <template <typename> class Atom>
+void PagePool<Atom>::ReleaseAllAtThreadExit() noexcept {
+  ThreadMemo& memo = memo_;
+  memo.exiting = true;  // later calls from this thread (other TLS destructors) go uncached
+  memo.hot_id = 0;
+  memo.hot_cache = nullptr;
+  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
+    const typename ThreadMemo::Entry entry = memo.entries[i];
+    if (entry.cache == nullptr) continue;
+    LivePools::IfLive(entry.id, [&] { entry.pool->ReleaseCache(*entry.cache); });
+  }
+  memo.num_entries = 0;
+}
+
+template <template <typename> class Atom>
+void PagePool<Atom>::ReleaseThreadCache() noexcept {
+  ThreadMemo& memo = memo_;
+  if (memo.hot_id == id_) {
+    memo.hot_id = 0;
+    memo.hot_cache = nullptr;
+  }
+  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
+    if (memo.entries[i].id != id_) continue;
+    if (memo.entries[i].cache != nullptr) ReleaseCache(*memo.entries[i].cache);
+    memo.entries[i] = memo.entries[--memo.num_entries];
+    return;
+  }
+}
+
+template <template <typename> class Atom>
+std::uint32_t PagePool<Atom>::CountSlots(std::uint32_t state) const noexcept {
+  std::uint32_t count = 0;
+  for (std::uint32_t i = 0; i < max_caches_; ++i) {
+    if (caches_[i].owner.load(std::memory_order_relaxed) == state) ++count;
+  }
+  return count;
+}
+
+// ---- Moving batches, reclaiming ------------------------------------------------
+
+// Owner, with its deque empty (Take just failed, so top == bottom): moves up
+// to batch_ pages from the global stack into the deque and keeps one.
+template <template <typename> class Atom>
+std::uint32_t PagePool<Atom>::Refill(Cache& cache) noexcept {
+  if (GlobalLooksEmpty()) return kNilPage;  // spares the transfer bracket
+  BeginTransfer();
+  const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
+  std::uint32_t kept = kNilPage;
+  // Writing slots beyond bottom during the walk is invisible to thieves: they
+  // read only below the bottom they acquired, and a stale thief that reads a
+  // slot being rewritten fails its CAS on top.
+  const std::uint32_t n = PopBatch(batch_, [&](std::uint32_t i, std::uint32_t page) {
+    Slot(cache, b + i).store(page, std::memory_order_relaxed);
+    kept = page;
+  });
+  if (n > 1) cache.bottom.store(b + n - 1, std::memory_order_release);
+  EndTransfer();
+  return kept;
+}
+
+// Owner, with its deque full: moves batch_ pages from the top (the coldest
+// ones; the hot ones stay local) to the global stack as one chain. Links are
+// written only after TakeTop's CAS made the pages ours: a page a thief stole
+// meanwhile may already be back in the global stack, linked.
+template <template <typename> class Atom>
+void PagePool<Atom>::Flush(Cache& cache) noexcept {
+  BeginTransfer();
+  std::uint32_t first = kNilPage;
+  std::uint32_t last = kNilPage;
+  TakeTop(cache, batch_, /*exactly=*/false, [&](std::uint32_t, std::uint32_t page) {
+    if (last == kNilPage) {
+      first = page;
+    } else {
+      next_[last].store(page, std::memory_order_relaxed);
+    }
+    last = page;
+  });
+  if (first != kNilPage) PushChain(first, last);
+  EndTransfer();
+}
+
+template <template <typename> class Atom>
+std::uint32_t PagePool<Atom>::StealFromAny(const Cache* own) noexcept {
+  const std::uint32_t high = slots_high_.load(std::memory_order_relaxed);
+  // Start after our own slot so thieves spread over victims.
+  const std::uint32_t start =
+      own == nullptr ? 0 : static_cast<std::uint32_t>(own - caches_.data()) + 1;
+  for (std::uint32_t k = 0; k < high; ++k) {
+    Cache& victim = caches_[(start + k) % high];
+    if (&victim == own) continue;
+    for (;;) {
+      std::uint32_t page = kNilPage;
+      const StealResult result = Steal(victim, &page);
+      if (result == StealResult::kStolen) return page;
+      if (result == StealResult::kEmpty) break;
+      // kLostRace: someone else took that page; try the new top.
+    }
+  }
+  return kNilPage;
+}
+
+// The last resort of Allocate: the local cache (if any) is empty. Scans the
+// global stack and every other cache (orphans included), and reports "none"
+// only after a scan during which no transfer was in progress or completed.
+// A page is invisible to a scan only while a transfer carries it between the
+// global stack and a deque, and every transfer is bracketed by
+// BeginTransfer/EndTransfer (seq_cst RMWs on transfers_): the removal from
+// the source is a release RMW (PopBatch, TakeTop) that the scan's acquire
+// load reads from or after, so a scan that missed the page also sees the
+// bracket when it re-reads transfers_ and scans again. Bounded: each rescan
+// means another call moved pages, so the loop never waits on anyone.
+template <template <typename> class Atom>
+std::uint32_t PagePool<Atom>::Reclaim(Cache* own) noexcept {
+  for (int scan = 0; scan < kMaxReclaimScans; ++scan) {
+    const std::uint64_t before = transfers_.load(std::memory_order_seq_cst);
+    std::uint32_t page = own != nullptr ? Refill(*own) : PopOne();
+    if (page == kNilPage) page = StealFromAny(own);
+    if (page != kNilPage) return page;
+    const std::uint64_t after = transfers_.load(std::memory_order_seq_cst);
+    if (after == before && static_cast<std::uint32_t>(after) == 0) break;
+  }
+  return kNilPage;
+}
+
+template <template <typename> class Atom>
+std::optional<PageId> PagePool<Atom>::AllocateRefill(Cache& cache) noexcept {
+  std::uint32_t page = Refill(cache);
+  if (page == kNilPage) page = Reclaim(&cache);
+  if (page == kNilPage) return std::nullopt;
+  Commit(page);
+  CountAllocations(cache, 1);
+  Publish(cache);  // a sampling point for the high-water mark
+  return MakePageId(page);
+}
+
+template <template <typename> class Atom>
+std::optional<PageId> PagePool<Atom>::AllocateUncached() noexcept {
+  std::uint32_t page = PopOne();
+  if (page == kNilPage) page = Reclaim(nullptr);
+  if (page == kNilPage) return std::nullopt;
+  Commit(page);
+  CountUncached(1);
+  return MakePageId(page);
+}
+
+template <template <typename> class Atom>
+void PagePool<Atom>::FreeFlushing(Cache& cache, std::uint32_t page) noexcept {
+  Flush(cache);
+  RPA_CHECK(TryPush(cache, page));  // Flush left at least batch_ >= 1 free slots
+  CountFrees(cache, 1);
+  Publish(cache);
+}
+
+template <template <typename> class Atom>
+void PagePool<Atom>::ReturnToGlobal(std::span<const PageId> pages) noexcept {
+  if (pages.empty()) return;
+  for (std::size_t i = 0; i + 1 < pages.size(); ++i) {
+    next_[PageIndex(pages[i])].store(PageIndex(pages[i + 1]), std::memory_order_relaxed);
+  }
+  PushChain(PageIndex(pages.front()), PageIndex(pages.back()));
+}
+
+// ---- Batch calls ----------------------------------------------------------------
+
+template <template <typename> class Atom>
+bool PagePool<Atom>::AllocateN(std::span<PageId> pages) noexcept {
+  const std::size_t n = pages.size();
+  if (n == 0) return true;
+  if (n > num_pages_) return false;
+  Cache* cache = LocalCache();
+  // Fast path: all from the local cache with one CAS, nothing in transit.
+  if (cache != nullptr &&
+      TakeTop(*cache, n, /*exactly=*/true, [&](std::uint32_t i, std::uint32_t page) {
+        pages[i] = MakePageId(page);
+      }) == n) {
+    for (const PageId page : pages) Commit(PageIndex(page));
+    CountAllocations(*cache, static_cast<std::int64_t>(n));
+    return true;
+  }
+  return AllocateNSlow(pages, cache);
+}
+
+// Gathers pages from the local cache, the global stack (in chunks), then by
+// stealing, inside one transfer bracket (the pages are in transit until
+// committed or given back), with the same rescan rule as Reclaim except that
+// our own transfer is expected to be in progress.
+template <template <typename> class Atom>
+bool PagePool<Atom>::AllocateNSlow(std::span<PageId> pages, Cache* cache) noexcept {
+  const std::size_t n = pages.size();
+  std::size_t got = 0;
+  auto sink = [&](std::uint32_t i, std::uint32_t page) { pages[got + i] = MakePageId(page); };
+  BeginTransfer();
+  if (cache != nullptr) got += TakeTop(*cache, n, /*exactly=*/false, sink);
+  for (int scan = 0; got < n && scan < kMaxReclaimScans; ++scan) {
+    const std::uint64_t before = transfers_.load(std::memory_order_seq_cst);
+    while (got < n) {
+      const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(n - got, kMaxPopChunk));
+      const std::uint32_t popped = PopBatch(chunk, sink);
+      if (popped == 0) break;
+      got += popped;
+    }
+    while (got < n) {
+      const std::uint32_t page = StealFromAny(cache);
+      if (page == kNilPage) break;
+      pages[got++] = MakePageId(page);
+    }
+    const std::uint64_t after = transfers_.load(std::memory_order_seq_cst);
+    if (after == before && static_cast<std::uint32_t>(after) == 1) break;  // only ours
+  }
+  if (got < n) {
+    ReturnToGlobal(pages.first(got));
+    EndTransfer();
+    return false;
+  }
+  EndTransfer();
+  for (const PageId page : pages) Commit(PageIndex(page));
+  if (cache != nullptr) {
+    CountAllocations(*cache, static_cast<std::int64_t>(n));
+    Publish(*cache);
+  } else {
+    CountUncached(static_cast<std::int64_t>(n));
+  }
+  return true;
+}
+
+// Validates every id, then flips every state with a CAS, undoing the flipped
+// ones at the first failure (which also catches an id repeated in `pages`):
+// a failed call changes nothing. Only then are the pages published.
+template <template <typename> class Atom>
+Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
+  const std::size_t n = pages.size();
+  auto where = [](std::size_t i) { return "pages[" + std::to_string(i) + "]: "; };
+  for (std::size_t i = 0; i < n; ++i) {
+    if (PageIndex(pages[i]) >= num_pages_) return OutOfRangeError(where(i), PageIndex(pages[i]));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t index = PageIndex(pages[i]);
+    std::uint8_t expected = kAllocated;
+    if (state_[index].compare_exchange_strong(expected, kFree, std::memory_order_relaxed,
+                                              std::memory_order_relaxed)) {
+      continue;
+    }
+    // Undo: these pages were never published, so they are still ours.
+    for (std::size_t j = 0; j < i; ++j) {
+      state_[PageIndex(pages[j])].store(kAllocated, std::memory_order_relaxed);
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (pages[j] == pages[i]) {
+        return InvalidArgumentError(where(i) + "page " + std::to_string(index) +
+                                    " is repeated (also pages[" + std::to_string(j) + "])");
+      }
+    }
+    return NotAllocatedError(where(i), index);
+  }
+  if (n == 0) return OkStatus();
+  for (const PageId page : pages) Poison(PageIndex(page));
+  Cache* cache = LocalCache();
+  if (cache != nullptr && n <= batch_) {
+    const bool flush = !HasRoom(*cache, n);
+    if (flush) Flush(*cache);  // leaves >= batch_ >= n free slots
+    RPA_DCHECK(HasRoom(*cache, n));
+    PushN(*cache, pages);
+    CountFrees(*cache, static_cast<std::int64_t>(n));
+    if (flush) Publish(*cache);
+  } else {
+    ReturnToGlobal(pages);  // a big batch goes where every thread can reach it
+    if (cache != nullptr) {
+      CountFrees(*cache, static_cast<std::int64_t>(n));
+      Publish(*cache);
+    } else {
+      CountUncached(-static_cast<std::int64_t>(n));
+    }
+  }
+  return OkStatus();
+}
+
+// ---- Counters ------------------------------------------------------------------
+
+// used = published + every cache's unpublished delta: exact when no call is
+// in progress. The high-water candidate adds the largest "peak since last
+// publish" excess of any cache, which makes it exact with one thread (its
+// peak is relative to a published value nobody else changes).
+template <template <typename> class Atom>
+PageAllocatorStats PagePool<Atom>::Stats() const noexcept {
+  std::int64_t used = used_.load(std::memory_order_relaxed);
+  std::int64_t excess = 0;
+  const std::uint32_t high = slots_high_.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < high; ++i) {
+    const std::int64_t delta = caches_[i].delta.load(std::memory_order_relaxed);
+    const std::int64_t peak = caches_[i].peak.load(std::memory_order_relaxed);
+    used += delta;
+    excess = std::max(excess, peak - delta);
+  }
+  const std::int64_t total = num_pages_;
+  used = std::clamp<std::int64_t>(used, 0, total);
+  RaiseHighWater(std::min(used + excess, total));
+  const std::int64_t high_water =
+      std::clamp<std::int64_t>(high_water_.load(std::memory_order_relaxed), used, total);
+  PageAllocatorStats stats;
+  stats.num_pages = num_pages_;
+  stats.used_pages = static_cast<std::uint32_t>(used);
+  stats.free_pages = static_cast<std::uint32_t>(total - used);
+  stats.high_water_pages = static_cast<std::uint32_t>(high_water);
+  return stats;
+}
+
+}  // namespace rpa::memory::internal
