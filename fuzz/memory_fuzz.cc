@@ -9,7 +9,8 @@
 //   byte 2  cache: bits 0-2 page_size_tokens - 1 (1..8), bits 3-4 num_layers (1..3),
 //           bits 5-6 storage {f32,f16,bf16,f32}, bit 7 num_kv_heads - 1 (1..2)
 //   byte 3  cache: bits 0-5 num_pages - 1 (1..64), bits 6-7 head_dim {2,4,8,8}
-//   byte 4  cache: bits 0-2 max_sequences - 1 (1..8)
+//   byte 4  cache: bits 0-2 max_sequences - 1 (1..8); allocator: bit 3 the helper thread
+//           exits after the allocator is destroyed
 //   then up to kMaxOps ops: an op byte (bit 7 set: cache op, else allocator op) and the
 //   operand bytes that op reads.
 #include "memory_fuzz.h"
@@ -84,6 +85,38 @@ std::uint32_t Mix32(std::uint32_t x) {
   return x;
 }
 
+HelperThread::HelperThread() : thread_([this] { Loop(); }) {}
+
+HelperThread::~HelperThread() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    quit_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void HelperThread::Run(const std::function<void()>& task) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  task_ = &task;
+  wake_.notify_all();
+  wake_.wait(lock, [this] { return task_ == nullptr; });
+}
+
+void HelperThread::Loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [this] { return quit_ || task_ != nullptr; });
+    if (task_ != nullptr) {
+      (*task_)();  // the caller waits, so holding the lock costs nothing
+      task_ = nullptr;
+      wake_.notify_all();
+    } else if (quit_) {
+      return;
+    }
+  }
+}
+
 bool IsPoisoned(const void* address) {
 #if RPA_HAS_ASAN
   return __asan_address_is_poisoned(address) != 0;
@@ -133,16 +166,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   cache_config.num_pages = (header[3] & 63u) + 1;
   cache_config.head_dim = kHeadDim[header[3] >> 6];
   cache_config.max_sequences = (header[4] & 7u) + 1;
+  allocator_config.helper_outlives_allocator = (header[4] & 8u) != 0;
 
   fz::g_step = -1;
-  fz::Trace("setup: allocator num_pages %u thread_cache_pages %u max_thread_caches %u memory %d "
-            "planes %u; cache num_pages %u page_size_tokens %u num_layers %u storage %u "
-            "num_kv_heads %u head_dim %u max_sequences %u",
-            allocator_config.num_pages, allocator_config.thread_cache_pages,
-            allocator_config.max_thread_caches, allocator_config.with_memory ? 1 : 0,
-            allocator_config.num_planes, cache_config.num_pages, cache_config.page_size_tokens,
-            cache_config.num_layers, static_cast<unsigned>(cache_config.storage),
-            cache_config.num_kv_heads, cache_config.head_dim, cache_config.max_sequences);
+  fz::Trace(
+      "setup: allocator num_pages %u thread_cache_pages %u max_thread_caches %u memory %d "
+      "planes %u; cache num_pages %u page_size_tokens %u num_layers %u storage %u "
+      "num_kv_heads %u head_dim %u max_sequences %u",
+      allocator_config.num_pages, allocator_config.thread_cache_pages,
+      allocator_config.max_thread_caches, allocator_config.with_memory ? 1 : 0,
+      allocator_config.num_planes, cache_config.num_pages, cache_config.page_size_tokens,
+      cache_config.num_layers, static_cast<unsigned>(cache_config.storage),
+      cache_config.num_kv_heads, cache_config.head_dim, cache_config.max_sequences);
   if (probe_bad_configs) {
     fz::AllocatorProgram::ProbeBadOptions();
     fz::KvCacheProgram::ProbeBadConfigs(cache_config);

@@ -13,16 +13,34 @@
 // on the first violation, which libFuzzer reports as a crash. Set
 // RPA_FUZZ_TRACE=1 to print every op when replaying a reproducer.
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "rpa/memory/kv_cache.h"
 #include "rpa/memory/page_allocator.h"
 #include "rpa/memory/page_id.h"
 #include "rpa/runtime/status.h"
+
+// The checks run after every op; their branches are no feedback for libFuzzer
+// (the library's own coverage is), so they skip the coverage instrumentation
+// that would otherwise cost a good part of every run.
+#if defined(__clang__)
+#define RPA_FUZZ_NO_COVERAGE __attribute__((no_sanitize("coverage")))
+#elif defined(__has_attribute)
+#if __has_attribute(no_sanitize_coverage)
+#define RPA_FUZZ_NO_COVERAGE __attribute__((no_sanitize_coverage))
+#endif
+#endif
+#ifndef RPA_FUZZ_NO_COVERAGE
+#define RPA_FUZZ_NO_COVERAGE
+#endif
 
 namespace rpa::memory::fuzz {
 
@@ -77,12 +95,37 @@ inline unsigned long long IdBits(SequenceId id) { return static_cast<unsigned lo
 bool IsPoisoned(const void* address);
 bool RegionHasPoison(const void* address, std::size_t bytes);
 
+// A second thread that runs one task at a time while the caller waits, so an
+// allocator sees two threads (two thread caches, stealing, a cache released at
+// thread exit) and the program stays sequential: the model remains exact.
+class HelperThread {
+ public:
+  HelperThread();
+  ~HelperThread();  // the thread exits (releasing its caches) and is joined
+  HelperThread(const HelperThread&) = delete;
+  HelperThread& operator=(const HelperThread&) = delete;
+
+  // Runs `task` on the helper thread and returns when it is done.
+  void Run(const std::function<void()>& task);
+
+ private:
+  void Loop();
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  const std::function<void()>* task_ = nullptr;  // guarded by mutex_
+  bool quit_ = false;                            // guarded by mutex_
+  std::thread thread_;
+};
+
 struct AllocatorConfig {
   std::uint32_t num_pages = 1;
   std::uint32_t thread_cache_pages = 0;
   std::uint32_t max_thread_caches = 64;
   bool with_memory = false;  // hand the allocator page memory (ASan poisoning)
   std::uint32_t num_planes = 1;
+  // At the end, the helper thread (if any) exits after the allocator is gone.
+  bool helper_outlives_allocator = false;
 };
 
 class AllocatorProgram {
@@ -103,7 +146,7 @@ class AllocatorProgram {
  private:
   struct Snapshot {
     PageAllocatorStats stats;
-    std::vector<bool> allocated;
+    std::vector<std::uint8_t> allocated;
   };
   Snapshot Take() const;
   void ExpectUnchanged(const Snapshot& before, const char* what) const;
@@ -128,12 +171,16 @@ class AllocatorProgram {
   std::size_t plane_stride_bytes_ = 0;
   std::unique_ptr<PageAllocator> allocator_;
   // The model.
-  std::vector<bool> allocated_;
-  std::vector<bool> ever_allocated_;
+  std::vector<std::uint8_t> allocated_;
+  std::vector<std::uint8_t> ever_allocated_;
   std::uint32_t used_ = 0;
   std::uint32_t high_water_ = 0;
-  std::uint64_t stamp_ = 0;             // for page contents
+  std::uint64_t stamp_ = 0;            // for page contents
   std::vector<std::uint64_t> stamps_;  // per allocated page
+  std::unique_ptr<HelperThread> helper_;
+  // Once a second thread has used the allocator, high_water_pages is only
+  // promised within threads x thread_cache_pages of the peak.
+  bool multi_thread_ = false;
 };
 
 class KvCacheProgram {
@@ -188,7 +235,7 @@ class KvCacheProgram {
   std::vector<SequenceId> stale_;
   std::uint32_t next_uid_ = 1;
   std::uint32_t high_water_ = 0;
-  std::vector<bool> ever_used_;
+  std::vector<std::uint8_t> ever_used_;
 };
 
 }  // namespace rpa::memory::fuzz

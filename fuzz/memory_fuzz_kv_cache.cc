@@ -8,6 +8,7 @@
 // stale ids); a failed call must leave tables, lengths, reference counts,
 // Stats and contents as they were.
 #include <algorithm>
+#include <string>
 #include <utility>
 
 #include "memory_fuzz.h"
@@ -54,37 +55,45 @@ KvCacheProgram::KvCacheProgram(const KvCacheConfig& config) : config_(config) {
     const std::byte* expected_data =
         layer == 0 ? view.data
                    : layers_[0].data + std::size_t{layer} * config.num_pages * view.page_bytes;
-    if (view.data == nullptr || view.data != expected_data ||
-        view.num_pages != config.num_pages ||
+    if (view.data == nullptr || view.data != expected_data || view.num_pages != config.num_pages ||
         view.page_size_tokens != config.page_size_tokens ||
         view.num_combined_heads != 2 * config.num_kv_heads || view.head_dim != config.head_dim ||
         view.storage != config.storage || view.token_bytes != token_bytes ||
         view.page_bytes != token_bytes * config.page_size_tokens) {
-      Fail("Layer(%u) view does not match the config: num_pages %u, page_size_tokens %u, "
-           "heads %u, head_dim %u, token_bytes %zu (expected %zu), page_bytes %zu, data at "
-           "offset %td (expected %td)",
-           layer, view.num_pages, view.page_size_tokens, view.num_combined_heads, view.head_dim,
-           view.token_bytes, token_bytes, view.page_bytes,
-           layer == 0 ? 0 : view.data - layers_[0].data,
-           layer == 0 ? 0 : expected_data - layers_[0].data);
+      Fail(
+          "Layer(%u) view does not match the config: num_pages %u, page_size_tokens %u, "
+          "heads %u, head_dim %u, token_bytes %zu (expected %zu), page_bytes %zu, data at "
+          "offset %td (expected %td)",
+          layer, view.num_pages, view.page_size_tokens, view.num_combined_heads, view.head_dim,
+          view.token_bytes, token_bytes, view.page_bytes,
+          layer == 0 ? 0 : view.data - layers_[0].data,
+          layer == 0 ? 0 : expected_data - layers_[0].data);
     }
     layers_.push_back(view);
   }
-  ever_used_.assign(config.num_pages, false);
+  ever_used_.assign(config.num_pages, 0);
 }
 
 void KvCacheProgram::ProbeBadConfigs(const KvCacheConfig& good) {
-  const char* fields[] = {"num_pages", "page_size_tokens", "num_kv_heads", "head_dim",
-                          "num_layers"};
-  for (int field = 0; field < 5; ++field) {
+  constexpr int kFields = 6;
+  const char* names[kFields] = {"num_pages", "page_size_tokens", "num_kv_heads",
+                                "head_dim",  "num_layers",       "max_sequences"};
+  for (int field = 0; field < kFields; ++field) {
     KvCacheConfig config = good;
-    std::uint32_t* values[] = {&config.num_pages, &config.page_size_tokens,
-                               &config.num_kv_heads, &config.head_dim, &config.num_layers};
+    std::uint32_t* values[kFields] = {&config.num_pages,    &config.page_size_tokens,
+                                      &config.num_kv_heads, &config.head_dim,
+                                      &config.num_layers,   &config.max_sequences};
     *values[field] = 0;
-    Trace("probe KvCache::Create(%s 0)", fields[field]);
+    Trace("probe KvCache::Create(%s 0)", names[field]);
     auto created = KvCache::Create(config);
     ExpectCode(created.status(), "KvCache::Create with a zero size", StatusCode::kInvalidArgument);
   }
+  // Page indices are int32 (SPEC section 1).
+  KvCacheConfig config = good;
+  config.num_pages = 0x80000000u;
+  Trace("probe KvCache::Create(num_pages 2^31)");
+  auto created = KvCache::Create(config);
+  ExpectCode(created.status(), "KvCache::Create(num_pages 2^31)", StatusCode::kInvalidArgument);
 }
 
 std::uint32_t KvCacheProgram::PagesFor(std::uint64_t num_tokens) const {
@@ -119,12 +128,24 @@ void KvCacheProgram::Step(ByteReader& in, std::uint8_t op) {
       const auto length = static_cast<std::uint32_t>(live_[index].tokens.size());
       std::uint32_t num_tokens = 0;
       switch (in.U8() % 6) {
-        case 0: num_tokens = config_.page_size_tokens * (in.U8() % 16u); break;
-        case 1: num_tokens = 1u << 20; break;
-        case 2: num_tokens = kMaxLength - length; break;
-        case 3: num_tokens = kMaxLength - length + 1; break;
-        case 4: num_tokens = 0xffffffffu; break;
-        default: num_tokens = in.U32(); break;
+        case 0:
+          num_tokens = config_.page_size_tokens * (in.U8() % 16u);
+          break;
+        case 1:
+          num_tokens = 1u << 20;
+          break;
+        case 2:
+          num_tokens = kMaxLength - length;
+          break;
+        case 3:
+          num_tokens = kMaxLength - length + 1;
+          break;
+        case 4:
+          num_tokens = 0xffffffffu;
+          break;
+        default:
+          num_tokens = in.U32();
+          break;
       }
       Reserve(index, num_tokens);
       break;
@@ -177,7 +198,7 @@ void KvCacheProgram::CreateSequence() {
   auto id = cache_->CreateSequence();
   if (live_.size() >= config_.max_sequences) {
     ExpectCode(id.status(), "CreateSequence at max_sequences", StatusCode::kResourceExhausted);
-    ExpectUnchanged(before, "CreateSequence");
+    ExpectUnchanged(before, "a failed CreateSequence");
     return;
   }
   ExpectCode(id.status(), "CreateSequence", StatusCode::kOk);
@@ -199,35 +220,29 @@ void KvCacheProgram::Reserve(std::size_t index, std::uint32_t num_tokens) {
   const std::uint64_t new_pages =
       PagesFor(std::uint64_t{length} + num_tokens) - std::uint64_t{PagesFor(length)};
   // The last page is shared and partially filled: the next writer copies it.
-  const bool cow_candidate =
-      length % ps != 0 && before.refcounts[PageIndex(old_table.back())] > 1;
+  const bool cow_candidate = length % ps != 0 && before.refcounts[PageIndex(old_table.back())] > 1;
   const bool cow = num_tokens > 0 && cow_candidate;
   const std::uint64_t needed = new_pages + (cow ? 1 : 0);
   const std::uint32_t free_pages = before.stats.free_pages;
   Trace("kv Reserve(uid %u, %u) (model: length %u, needs %llu pages, %u free, copy-on-write %d)",
-        live_[index].uid, num_tokens, length, static_cast<unsigned long long>(needed),
-        free_pages, cow ? 1 : 0);
+        live_[index].uid, num_tokens, length, static_cast<unsigned long long>(needed), free_pages,
+        cow ? 1 : 0);
 
   const Status status = cache_->Reserve(live_[index].id, num_tokens);
   if (overflow) {
     ExpectCode(status, "Reserve past 2^31-1 tokens", StatusCode::kInvalidArgument,
                StatusCode::kResourceExhausted);
-    ExpectUnchanged(before, "Reserve");
+    ExpectUnchanged(before, "a failed Reserve");
     return;
   }
-  if (num_tokens == 0 && !status.ok()) {
-    // Reserve(0) may copy a shared last page; only that can fail, and only
-    // when no page is free.
-    ExpectCode(status, "Reserve(0)", StatusCode::kResourceExhausted);
-    if (!cow_candidate || free_pages > 0) {
-      Fail("Reserve(0) failed although it needs no page (%u free)", free_pages);
-    }
-    ExpectUnchanged(before, "Reserve(0)");
+  if (num_tokens == 0) {
+    ExpectCode(status, "Reserve(0)", StatusCode::kOk);
+    ExpectUnchanged(before, "Reserve(0), a no-op with no copy-on-write,");
     return;
   }
   if (needed > free_pages) {
     ExpectCode(status, "Reserve without enough free pages", StatusCode::kResourceExhausted);
-    ExpectUnchanged(before, "Reserve");
+    ExpectUnchanged(before, "a failed Reserve");
     return;
   }
   ExpectCode(status, "Reserve with enough free pages", StatusCode::kOk);
@@ -247,10 +262,11 @@ void KvCacheProgram::Reserve(std::size_t index, std::uint32_t num_tokens) {
       }
       continue;
     }
-    if (is_old && !(is_last_old && cow_candidate)) {
-      Fail("Reserve replaced page %u (entry %zu) by page %u although it was not a shared "
-           "partially filled last page",
-           PageIndex(old_table[k]), k, PageIndex(table[k]));
+    if (is_old && !(is_last_old && cow)) {
+      Fail(
+          "Reserve replaced page %u (entry %zu) by page %u although it was not a shared "
+          "partially filled last page",
+          PageIndex(old_table[k]), k, PageIndex(table[k]));
     }
     if (PageIndex(table[k]) >= config_.num_pages) {
       Fail("Reserve put page %u >= num_pages in the table", PageIndex(table[k]));
@@ -295,7 +311,7 @@ void KvCacheProgram::Fork(std::size_t index) {
   auto child = cache_->Fork(parent);
   if (live_.size() >= config_.max_sequences) {
     ExpectCode(child.status(), "Fork at max_sequences", StatusCode::kResourceExhausted);
-    ExpectUnchanged(before, "Fork");
+    ExpectUnchanged(before, "a failed Fork");
     return;
   }
   ExpectCode(child.status(), "Fork of a live sequence", StatusCode::kOk);
@@ -323,19 +339,29 @@ void KvCacheProgram::FreeSequence(std::size_t index) {
 }
 
 void KvCacheProgram::BadIdOp(SequenceId id, std::uint8_t which, bool stale) {
-  static const char* const kOps[] = {"Reserve", "Fork", "FreeSequence", "SequenceLength",
-                                     "PageTable", "ExportBatch"};
+  static const char* const kOps[] = {"Reserve",        "Fork",      "FreeSequence",
+                                     "SequenceLength", "PageTable", "ExportBatch"};
   const int op = which % 6;
   Trace("kv %s(%s id %llx)", kOps[op], stale ? "stale" : "bad", IdBits(id));
   const Snapshot before = Take();
   Status status;
   BatchPageTable out = Sentinel();
   switch (op) {
-    case 0: status = cache_->Reserve(id, 1u + which / 6u % 4u); break;
-    case 1: status = cache_->Fork(id).status(); break;
-    case 2: status = cache_->FreeSequence(id); break;
-    case 3: status = cache_->SequenceLength(id).status(); break;
-    case 4: status = cache_->PageTable(id).status(); break;
+    case 0:
+      status = cache_->Reserve(id, 1u + which / 6u % 4u);
+      break;
+    case 1:
+      status = cache_->Fork(id).status();
+      break;
+    case 2:
+      status = cache_->FreeSequence(id);
+      break;
+    case 3:
+      status = cache_->SequenceLength(id).status();
+      break;
+    case 4:
+      status = cache_->PageTable(id).status();
+      break;
     default: {
       std::vector<SequenceId> ids;
       for (const Sequence& seq : live_) ids.push_back(seq.id);
@@ -359,13 +385,14 @@ void KvCacheProgram::BadIdOp(SequenceId id, std::uint8_t which, bool stale) {
     }
   }
   if (!SameBatch(out, Sentinel())) Fail("ExportBatch failed but wrote its output");
-  ExpectUnchanged(before, kOps[op]);
+  ExpectUnchanged(before, (std::string("a failed ") + kOps[op]).c_str());
 }
 
 void KvCacheProgram::ExportGood(ByteReader& in) {
   std::vector<std::size_t> indices;
   const auto live = static_cast<std::uint32_t>(live_.size());
-  const std::uint32_t count = live == 0 ? 0 : in.Below(std::min<std::uint32_t>(2 * live, kMaxExport) + 1);
+  const std::uint32_t count =
+      live == 0 ? 0 : in.Below(std::min<std::uint32_t>(2 * live, kMaxExport) + 1);
   std::uint32_t max_pages = 0;
   std::vector<SequenceId> ids;
   for (std::uint32_t i = 0; i < count; ++i) {
@@ -387,8 +414,7 @@ void KvCacheProgram::ExportGood(ByteReader& in) {
     return;
   }
   ExpectCode(status, "ExportBatch of live sequences", StatusCode::kOk);
-  CheckExport(indices, pages_per_sequence == 0 ? std::max(max_pages, 1u) : pages_per_sequence,
-              out);
+  CheckExport(indices, pages_per_sequence == 0 ? std::max(max_pages, 1u) : pages_per_sequence, out);
 }
 
 void KvCacheProgram::ExportBad(ByteReader& in) {
@@ -406,22 +432,26 @@ void KvCacheProgram::ExportBad(ByteReader& in) {
   for (std::uint32_t i = 0; i < count; ++i) ids.push_back(live_[in.Below(live)].id);
   BatchPageTable out = Sentinel();
   Status status;
-  if (max_pages >= 2 && (in.U8() & 1u) != 0) {
+  const std::uint8_t kind = in.U8();
+  if (kind % 8 == 7) {
+    Trace("kv ExportBatch(%zu sequences, out nullptr)", ids.size());
+    status = cache_->ExportBatch(ids, 0, nullptr);
+    ExpectCode(status, "ExportBatch into nullptr", StatusCode::kInvalidArgument);
+  } else if (max_pages >= 2 && (kind & 1u) != 0) {
     ids.insert(ids.begin() + in.Below(count + 1), live_[largest].id);
     const std::uint32_t pages_per_sequence = 1 + in.Below(max_pages - 1);
     Trace("kv ExportBatch(%zu sequences, pages_per_sequence %u < %u needed)", ids.size(),
           pages_per_sequence, max_pages);
     status = cache_->ExportBatch(ids, pages_per_sequence, &out);
-    ExpectCode(status, "ExportBatch with too few pages_per_sequence",
-               StatusCode::kInvalidArgument);
+    ExpectCode(status, "ExportBatch with too few pages_per_sequence", StatusCode::kInvalidArgument);
   } else {
     const bool use_stale = !stale_.empty() && (in.U8() & 1u) != 0;
     SequenceId bad = use_stale ? stale_[in.Below(static_cast<std::uint32_t>(stale_.size()))]
                                : static_cast<SequenceId>(in.U64() ^ 0x5a5a5a5a00000000ull);
     if (IsLive(bad)) return;
     ids.insert(ids.begin() + in.Below(count + 1), bad);
-    Trace("kv ExportBatch(%zu sequences, one %s id %llx)", ids.size(),
-          use_stale ? "stale" : "bad", IdBits(bad));
+    Trace("kv ExportBatch(%zu sequences, one %s id %llx)", ids.size(), use_stale ? "stale" : "bad",
+          IdBits(bad));
     status = cache_->ExportBatch(ids, 0, &out);
     if (use_stale) {
       ExpectCode(status, "ExportBatch with a stale id", StatusCode::kNotFound);

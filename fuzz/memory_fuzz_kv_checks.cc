@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "memory_fuzz.h"
+
 #include "rpa/runtime/sanitizers.h"
 
 namespace rpa::memory::fuzz {
@@ -28,6 +29,7 @@ bool SameStats(const KvCacheStats& a, const KvCacheStats& b) {
 
 }  // namespace
 
+RPA_FUZZ_NO_COVERAGE
 std::vector<PageId> KvCacheProgram::Table(std::size_t index) const {
   auto table = cache_->PageTable(live_[index].id);
   if (!table.ok()) {
@@ -37,6 +39,7 @@ std::vector<PageId> KvCacheProgram::Table(std::size_t index) const {
   return std::vector<PageId>(table->begin(), table->end());
 }
 
+RPA_FUZZ_NO_COVERAGE
 KvCacheProgram::Snapshot KvCacheProgram::Take() const {
   Snapshot snapshot;
   for (std::size_t i = 0; i < live_.size(); ++i) {
@@ -58,32 +61,36 @@ KvCacheProgram::Snapshot KvCacheProgram::Take() const {
   return snapshot;
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::ExpectUnchanged(const Snapshot& before, const char* what) const {
   const Snapshot after = Take();
   for (std::size_t i = 0; i < live_.size(); ++i) {
     if (before.tables[i] != after.tables[i] || before.lengths[i] != after.lengths[i]) {
-      Fail("%s failed but changed sequence uid %u: length %u -> %u, pages %zu -> %zu", what,
-           live_[i].uid, before.lengths[i], after.lengths[i], before.tables[i].size(),
+      Fail("%s must change nothing but changed sequence uid %u: length %u -> %u, pages %zu -> %zu",
+           what, live_[i].uid, before.lengths[i], after.lengths[i], before.tables[i].size(),
            after.tables[i].size());
     }
   }
   for (std::size_t page = 0; page < before.refcounts.size(); ++page) {
     if (before.refcounts[page] != after.refcounts[page]) {
-      Fail("%s failed but changed the reference count of page %zu: %u -> %u", what, page,
-           before.refcounts[page], after.refcounts[page]);
+      Fail("%s must change nothing but changed the reference count of page %zu: %u -> %u", what,
+           page, before.refcounts[page], after.refcounts[page]);
     }
   }
   const KvCacheStats& a = before.stats;
   const KvCacheStats& b = after.stats;
   if (!SameStats(a, b)) {
-    Fail("%s failed but changed Stats: free %u -> %u, used %u -> %u, high water %u -> %u, "
-         "shared %u -> %u, sequences %u -> %u, metadata bytes %zu -> %zu",
-         what, a.free_pages, b.free_pages, a.used_pages, b.used_pages, a.high_water_pages,
-         b.high_water_pages, a.shared_pages, b.shared_pages, a.num_sequences, b.num_sequences,
-         a.metadata_used_bytes, b.metadata_used_bytes);
+    Fail(
+        "%s must change nothing but changed Stats: free %u -> %u, used %u -> %u, high water %u -> "
+        "%u, "
+        "shared %u -> %u, sequences %u -> %u, metadata bytes %zu -> %zu",
+        what, a.free_pages, b.free_pages, a.used_pages, b.used_pages, a.high_water_pages,
+        b.high_water_pages, a.shared_pages, b.shared_pages, a.num_sequences, b.num_sequences,
+        a.metadata_used_bytes, b.metadata_used_bytes);
   }
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::ExpectTablesUnchanged(const Snapshot& before, std::size_t skip,
                                            const char* what) const {
   for (std::size_t i = 0; i < before.tables.size(); ++i) {
@@ -93,15 +100,17 @@ void KvCacheProgram::ExpectTablesUnchanged(const Snapshot& before, std::size_t s
   }
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::CheckExport(std::span<const std::size_t> indices,
                                  std::uint32_t pages_per_sequence,
                                  const BatchPageTable& out) const {
   if (out.pages_per_sequence != pages_per_sequence || out.kv_lens.size() != indices.size() ||
       out.page_indices.size() != indices.size() * pages_per_sequence) {
-    Fail("ExportBatch: pages_per_sequence %u (expected %u), %zu kv_lens (expected %zu), %zu "
-         "page_indices",
-         out.pages_per_sequence, pages_per_sequence, out.kv_lens.size(), indices.size(),
-         out.page_indices.size());
+    Fail(
+        "ExportBatch: pages_per_sequence %u (expected %u), %zu kv_lens (expected %zu), %zu "
+        "page_indices",
+        out.pages_per_sequence, pages_per_sequence, out.kv_lens.size(), indices.size(),
+        out.page_indices.size());
   }
   for (std::size_t i = 0; i < indices.size(); ++i) {
     const Sequence& seq = live_[indices[i]];
@@ -111,15 +120,17 @@ void KvCacheProgram::CheckExport(std::span<const std::size_t> indices,
     }
     const std::vector<PageId> table = Table(indices[i]);
     for (std::size_t k = 0; k < pages_per_sequence; ++k) {
-      const std::int32_t expected = k < table.size() ? static_cast<std::int32_t>(PageIndex(table[k])) : 0;
+      const std::int32_t expected =
+          k < table.size() ? static_cast<std::int32_t>(PageIndex(table[k])) : 0;
       if (out.page_indices[i * pages_per_sequence + k] != expected) {
-        Fail("ExportBatch: page_indices[%zu * %u + %zu] is %d, expected %d", i,
-             pages_per_sequence, k, out.page_indices[i * pages_per_sequence + k], expected);
+        Fail("ExportBatch: page_indices[%zu * %u + %zu] is %d, expected %d", i, pages_per_sequence,
+             k, out.page_indices[i * pages_per_sequence + k], expected);
       }
     }
   }
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::WriteTokens(const Sequence& seq, std::span<const PageId> table,
                                  std::uint32_t from_token) {
   const std::uint32_t ps = config_.page_size_tokens;
@@ -134,6 +145,7 @@ void KvCacheProgram::WriteTokens(const Sequence& seq, std::span<const PageId> ta
   }
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::CheckContents(const Sequence& seq, std::span<const PageId> table) const {
   const std::uint32_t ps = config_.page_size_tokens;
   for (std::uint32_t t = 0; t < seq.tokens.size(); ++t) {
@@ -145,15 +157,17 @@ void KvCacheProgram::CheckContents(const Sequence& seq, std::span<const PageId> 
       std::memcpy(&tail, slot + layers_[layer].token_bytes - sizeof(tail), sizeof(tail));
       if (head != SlotValue(seq.tokens[t], layer, false) ||
           tail != SlotValue(seq.tokens[t], layer, true)) {
-        Fail("sequence uid %u token %u layer %u (page %u slot %u) reads K %08x V %08x, "
-             "expected K %08x V %08x: another sequence wrote into its page",
-             seq.uid, t, layer, PageIndex(table[t / ps]), t % ps, head, tail,
-             SlotValue(seq.tokens[t], layer, false), SlotValue(seq.tokens[t], layer, true));
+        Fail(
+            "sequence uid %u token %u layer %u (page %u slot %u) reads K %08x V %08x, "
+            "expected K %08x V %08x: another sequence wrote into its page",
+            seq.uid, t, layer, PageIndex(table[t / ps]), t % ps, head, tail,
+            SlotValue(seq.tokens[t], layer, false), SlotValue(seq.tokens[t], layer, true));
       }
     }
   }
 }
 
+RPA_FUZZ_NO_COVERAGE
 void KvCacheProgram::CheckInvariants() {
   const std::uint32_t n = config_.num_pages;
   std::vector<std::uint32_t> owners(n, 0);
@@ -169,8 +183,8 @@ void KvCacheProgram::CheckInvariants() {
     }
     const std::vector<PageId> table = Table(i);
     if (table.size() != PagesFor(seq.tokens.size())) {
-      Fail("sequence uid %u of length %zu has %zu pages, expected %u", seq.uid,
-           seq.tokens.size(), table.size(), PagesFor(seq.tokens.size()));
+      Fail("sequence uid %u of length %zu has %zu pages, expected %u", seq.uid, seq.tokens.size(),
+           table.size(), PagesFor(seq.tokens.size()));
     }
     for (std::size_t k = 0; k < table.size(); ++k) {
       const std::uint32_t page = PageIndex(table[k]);
@@ -192,18 +206,17 @@ void KvCacheProgram::CheckInvariants() {
   for (std::uint32_t page = 0; page < n; ++page) {
     const std::uint32_t refs = cache_->RefCount(MakePageId(page));
     if (refs != owners[page]) {
-      Fail("RefCount(page %u) is %u, but %u page-table entries hold it", page, refs,
-           owners[page]);
+      Fail("RefCount(page %u) is %u, but %u page-table entries hold it", page, refs, owners[page]);
     }
     used += owners[page] > 0 ? 1u : 0u;
     shared += owners[page] > 1 ? 1u : 0u;
-    if (owners[page] > 0) ever_used_[page] = true;
+    if (owners[page] > 0) ever_used_[page] = 1;
     for (std::uint32_t layer = 0; layer < config_.num_layers; ++layer) {
       const std::byte* start = layers_[layer].SlotAddress(MakePageId(page), 0);
       if (owners[page] > 0 && RegionHasPoison(start, layers_[layer].page_bytes)) {
         Fail("page %u (layer %u) is in use but poisoned for ASan", page, layer);
       }
-      if (RPA_HAS_ASAN && owners[page] == 0 && ever_used_[page] && !IsPoisoned(start)) {
+      if (RPA_HAS_ASAN && owners[page] == 0 && ever_used_[page] != 0 && !IsPoisoned(start)) {
         Fail("page %u (layer %u) was freed but is not poisoned for ASan", page, layer);
       }
     }
@@ -216,11 +229,12 @@ void KvCacheProgram::CheckInvariants() {
   if (stats.num_pages != n || stats.used_pages != used || stats.free_pages != n - used ||
       stats.shared_pages != shared || stats.num_sequences != live_.size() ||
       stats.high_water_pages != high_water_) {
-    Fail("Stats: num_pages %u, free %u, used %u, shared %u, sequences %u, high water %u; the "
-         "tables say num_pages %u, free %u, used %u, shared %u, sequences %zu, high water %u",
-         stats.num_pages, stats.free_pages, stats.used_pages, stats.shared_pages,
-         stats.num_sequences, stats.high_water_pages, n, n - used, used, shared, live_.size(),
-         high_water_);
+    Fail(
+        "Stats: num_pages %u, free %u, used %u, shared %u, sequences %u, high water %u; the "
+        "tables say num_pages %u, free %u, used %u, shared %u, sequences %zu, high water %u",
+        stats.num_pages, stats.free_pages, stats.used_pages, stats.shared_pages,
+        stats.num_sequences, stats.high_water_pages, n, n - used, used, shared, live_.size(),
+        high_water_);
   }
 }
 

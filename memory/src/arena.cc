@@ -5,6 +5,7 @@
 
 #include "rpa/memory/arena.h"
 
+#include <fmt/format.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -18,9 +19,8 @@
 #include <new>
 #include <vector>
 
-#include <fmt/format.h>
-
 #include "mimalloc_api.h"
+
 #include "rpa/runtime/check.h"
 #include "rpa/runtime/sanitizers.h"
 
@@ -236,7 +236,7 @@ class MetadataResource final : public std::pmr::memory_resource {
 
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
 #if RPA_SANITIZER_BUILD
-    ::operator delete(p, std::align_val_t{alignment});
+    ::operator delete (p, std::align_val_t{alignment});
 #else
     (void)alignment;
     mi_->free(p);  // any thread may free a mimalloc block
@@ -254,19 +254,21 @@ class MetadataResource final : public std::pmr::memory_resource {
     // mimalloc is not instrumented, so ASan would not see overflows or
     // use-after-free of metadata, and TSan would report mimalloc's reuse of a
     // block freed by another thread as a race. The budget is enforced the same.
-    return ::operator new(bytes, std::align_val_t{alignment}, std::nothrow);
+    return ::operator new (bytes, std::align_val_t{alignment}, std::nothrow);
 #else
     mi_heap_t* heap = ThreadHeap(*mi_, id_);
     if (heap == nullptr) return nullptr;
     // mimalloc's exclusive-arena heap never falls back to the OS: nullptr
     // when the arena has no room.
-    return alignment <= alignof(std::max_align_t) ? mi_->heap_malloc(heap, bytes)
-                                                  : mi_->heap_malloc_aligned(heap, bytes, alignment);
+    return alignment <= alignof(std::max_align_t)
+               ? mi_->heap_malloc(heap, bytes)
+               : mi_->heap_malloc_aligned(heap, bytes, alignment);
 #endif
   }
 
-  const MimallocApi* mi_;
-  mi_arena_id_t id_;
+  // Unused in sanitizer builds, which serve metadata from ::operator new.
+  [[maybe_unused]] const MimallocApi* mi_;
+  [[maybe_unused]] mi_arena_id_t id_;
   std::size_t budget_bytes_;
   std::atomic<std::size_t> used_bytes_{0};
 };
@@ -283,13 +285,13 @@ Status ValidateOptions(const ArenaOptions& options) {
   std::size_t region_bytes = 0;
   if (__builtin_mul_overflow(options.unit_bytes, options.num_units, &region_bytes) ||
       region_bytes > kMaxRegionBytes) {
-    return InvalidArgumentError(fmt::format(
-        "unit_bytes * num_units = {} * {} overflows the largest region (2^62 bytes)",
-        options.unit_bytes, options.num_units));
+    return InvalidArgumentError(
+        fmt::format("unit_bytes * num_units = {} * {} overflows the largest region (2^62 bytes)",
+                    options.unit_bytes, options.num_units));
   }
   if (options.metadata_bytes > kMaxMetadataBytes) {
-    return InvalidArgumentError(fmt::format("metadata_bytes must be at most 2^60, got {}",
-                                            options.metadata_bytes));
+    return InvalidArgumentError(
+        fmt::format("metadata_bytes must be at most 2^60, got {}", options.metadata_bytes));
   }
   return OkStatus();
 }
@@ -317,7 +319,7 @@ class Arena::Impl {
     mi_->free(region_);
     // Empty pages of this thread's heap go back to the arena, so its next
     // life finds the room. Other threads' heaps are theirs to collect.
-    if (mi_heap_t* heap = FindThreadHeap(arena_.id)) mi_->heap_collect(heap, /*force=*/true);
+    if (mi_heap_t* heap = FindThreadHeap(arena_.id)) mi_->heap_collect(heap, /*force=*/false);
     ArenaPool::Get().Release(arena_.id, /*retire=*/false);
   }
 
@@ -356,9 +358,9 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
   // candidate tried; every retirement removes one candidate, so this ends.
   for (;;) {
     bool fresh = false;
-    RPA_ASSIGN_OR_RETURN(PooledArena arena, ArenaPool::Get().Acquire(*mi, region_blocks,
-                                                                      metadata_blocks,
-                                                                      options.huge_pages, &fresh));
+    RPA_ASSIGN_OR_RETURN(
+        PooledArena arena,
+        ArenaPool::Get().Acquire(*mi, region_blocks, metadata_blocks, options.huge_pages, &fresh));
     // The region always takes the arena's whole slot, whatever this Arena
     // needs: every life of the arena then places the same number of blocks,
     // and the blocks freed by the previous life are always enough.
@@ -368,10 +370,10 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
     if (block == nullptr) {
       ArenaPool::Get().Release(arena.id, /*retire=*/!fresh);
       if (!fresh) continue;
-      return ResourceExhaustedError(fmt::format(
-          "mimalloc could not place the {}-byte page region in a new {}-byte arena "
-          "(unit_bytes {}, num_units {})",
-          slot_bytes, arena.reserved_bytes, options.unit_bytes, options.num_units));
+      return ResourceExhaustedError(
+          fmt::format("mimalloc could not place the {}-byte page region in a new {}-byte arena "
+                      "(unit_bytes {}, num_units {})",
+                      slot_bytes, arena.reserved_bytes, options.unit_bytes, options.num_units));
     }
     auto* region = static_cast<std::byte*>(block);
     if (region < arena.start || region + slot_bytes > arena.start + arena.reserved_bytes) {
@@ -386,8 +388,19 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
       // region simply stays on 4 KiB pages.
       (void)::madvise(region, slot_bytes, MADV_HUGEPAGE);
     }
-    auto impl = std::make_unique<Impl>(mi, arena, region, slot_bytes, options.metadata_bytes);
-    auto result = std::unique_ptr<Arena>(new Arena(std::move(impl)));
+    std::unique_ptr<Impl> impl;
+    std::unique_ptr<Arena> result;
+    try {
+      impl = std::make_unique<Impl>(mi, arena, region, slot_bytes, options.metadata_bytes);
+      // If this allocation throws, `impl` is still ours and gives the region back.
+      result = std::unique_ptr<Arena>(new Arena(std::move(impl)));
+    } catch (const std::bad_alloc&) {
+      if (impl == nullptr && result == nullptr) {
+        mi->free(block);
+        ArenaPool::Get().Release(arena.id, /*retire=*/false);
+      }
+      return ResourceExhaustedError("no memory for the Arena object");
+    }
     result->base_ = region;
     result->unit_bytes_ = options.unit_bytes;
     result->num_units_ = options.num_units;

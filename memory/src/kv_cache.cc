@@ -6,6 +6,8 @@
 
 #include "rpa/memory/kv_cache.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -16,7 +18,7 @@
 #include <string_view>
 #include <utility>
 
-#include <fmt/format.h>
+#include "page_pool.h"
 
 #include "rpa/memory/arena.h"
 #include "rpa/memory/page_allocator.h"
@@ -35,14 +37,16 @@ constexpr std::uint64_t kMaxCacheBytes = std::uint64_t{1} << 62;
 // pages when prefixes are shared.
 constexpr std::uint64_t kPageTableEntriesPerPage = 4;
 constexpr std::uint64_t kMetadataHeadroomBytes = std::uint64_t{256} << 10;
+constexpr std::uint32_t kNoSlot = std::numeric_limits<std::uint32_t>::max();
 
 struct Slot {
   explicit Slot(std::pmr::memory_resource* resource) : pages(resource) {}
 
   std::uint32_t generation = 1;  // never 0, so SequenceId{0} names nothing
   bool live = false;
-  std::uint32_t length = 0;       // tokens
-  std::pmr::vector<PageId> pages;  // ceil(length / page_size_tokens) entries
+  std::uint32_t length = 0;           // tokens
+  std::uint32_t next_free = kNoSlot;  // free-list link while !live
+  std::pmr::vector<PageId> pages;     // ceil(length / page_size_tokens) entries
 };
 
 std::uint64_t DivideRoundUp(std::uint64_t value, std::uint64_t divisor) {
@@ -57,8 +61,9 @@ std::uint64_t RawId(SequenceId seq) { return static_cast<std::uint64_t>(seq); }
 
 Status ValidateConfig(const KvCacheConfig& config) {
   const auto positive = [](const char* field, std::uint32_t value) {
-    return value > 0 ? OkStatus()
-                     : InvalidArgumentError(fmt::format("{} must be positive, got {}", field, value));
+    return value > 0
+               ? OkStatus()
+               : InvalidArgumentError(fmt::format("{} must be positive, got {}", field, value));
   };
   RPA_RETURN_IF_ERROR(positive("num_pages", config.num_pages));
   RPA_RETURN_IF_ERROR(positive("page_size_tokens", config.page_size_tokens));
@@ -72,8 +77,8 @@ Status ValidateConfig(const KvCacheConfig& config) {
   }
   if (config.storage != StorageType::kF32 && config.storage != StorageType::kF16 &&
       config.storage != StorageType::kBf16) {
-    return InvalidArgumentError(fmt::format("storage must be f32, f16 or bf16, got {}",
-                                            static_cast<int>(config.storage)));
+    return InvalidArgumentError(
+        fmt::format("storage must be f32, f16 or bf16, got {}", static_cast<int>(config.storage)));
   }
   // num_layers * num_pages * page_size_tokens * 2 * num_kv_heads * head_dim * element bytes
   std::uint64_t bytes = StorageBytes(config.storage) * std::uint64_t{2};
@@ -95,11 +100,10 @@ Status ValidateConfig(const KvCacheConfig& config) {
 
 // The metadata budget of a cache (ArenaOptions::metadata_bytes). Every term is
 // an upper bound of what the cache allocates through the arena's resource:
-//  - the page allocator's bookkeeping (a generous per-page and per-thread-cache
-//    estimate: its layout belongs to page_allocator.cc);
+//  - the page allocator's bookkeeping, as its pool computes it;
 //  - one reference count per page;
-//  - the sequence slots and the free-slot list, up to max_sequences each, twice
-//    for the moment a growing vector holds its old and new buffers;
+//  - the sequence slots, up to max_sequences, twice for the moment the growing
+//    vector holds its old and new buffers;
 //  - page tables of kPageTableEntriesPerPage * num_pages entries in total, twice
 //    for geometric growth;
 //  - fixed headroom.
@@ -107,14 +111,9 @@ Status ValidateConfig(const KvCacheConfig& config) {
 std::size_t MetadataBudgetBytes(const KvCacheConfig& config,
                                 const PageAllocatorOptions& allocator) {
   const std::uint64_t num_pages = config.num_pages;
-  const std::uint64_t allocator_bytes =
-      16 * num_pages +
-      std::uint64_t{allocator.max_thread_caches} *
-          (std::uint64_t{allocator.thread_cache_pages} * sizeof(PageId) + 256) +
-      (std::uint64_t{64} << 10);
+  const std::uint64_t allocator_bytes = internal::PagePool<std::atomic>::MetadataBytes(allocator);
   const std::uint64_t refcount_bytes = num_pages * sizeof(std::uint32_t);
-  const std::uint64_t slot_bytes =
-      2 * std::uint64_t{config.max_sequences} * (sizeof(Slot) + sizeof(std::uint32_t));
+  const std::uint64_t slot_bytes = 2 * std::uint64_t{config.max_sequences} * sizeof(Slot);
   const std::uint64_t page_table_bytes = 2 * kPageTableEntriesPerPage * num_pages * sizeof(PageId);
   return allocator_bytes + refcount_bytes + slot_bytes + page_table_bytes + kMetadataHeadroomBytes;
 }
@@ -131,8 +130,7 @@ class KvCache::Impl {
         arena_(std::move(arena)),
         resource_(arena_->metadata_resource()),
         refcounts_(resource_),
-        slots_(resource_),
-        free_slots_(resource_) {}
+        slots_(resource_) {}
 
   Status Init(const PageAllocatorOptions& allocator_options) {
     try {
@@ -170,7 +168,8 @@ class KvCache::Impl {
       pages = slots_[parent_index].pages;  // a copy of the entries, capacity = size
       index = AcquireSlot();               // may move the slots: an index, never a reference
     } catch (const std::bad_alloc&) {
-      return MetadataExhausted(fmt::format("the page table of a fork of sequence {}", RawId(parent)));
+      return MetadataExhausted(
+          fmt::format("the page table of a fork of sequence {}", RawId(parent)));
     }
     for (PageId page : pages) AddReference(page);
     Slot& child = slots_[index];
@@ -202,9 +201,9 @@ class KvCache::Impl {
 
     const std::uint32_t free_pages = config_.num_pages - used_pages_;
     if (needed > free_pages) {
-      return ResourceExhaustedError(fmt::format(
-          "sequence {}: {} more tokens need {} pages, {} free", RawId(seq), num_tokens, needed,
-          free_pages));
+      return ResourceExhaustedError(
+          fmt::format("sequence {}: {} more tokens need {} pages, {} free", RawId(seq), num_tokens,
+                      needed, free_pages));
     }
     // Metadata before pages: growing the table can fail without side effects,
     // giving pages back could not (it would move the high-water mark). The
@@ -226,9 +225,9 @@ class KvCache::Impl {
       if (!allocator_->AllocateN(std::span<PageId>(slot.pages).subspan(old_pages))) {
         // Unreachable while this cache is the allocator's only user.
         slot.pages.resize(old_pages);
-        return ResourceExhaustedError(fmt::format(
-            "sequence {}: {} more tokens need {} pages, {} free", RawId(seq), num_tokens, needed,
-            allocator_->Stats().free_pages));
+        return ResourceExhaustedError(
+            fmt::format("sequence {}: {} more tokens need {} pages, {} free", RawId(seq),
+                        num_tokens, needed, allocator_->Stats().free_pages));
       }
       for (std::size_t i = old_pages; i < table_entries; ++i) TakeNewPage(slot.pages[i]);
       if (copy_last) {
@@ -263,10 +262,10 @@ class KvCache::Impl {
     std::pmr::vector<PageId>(resource_).swap(slot.pages);  // releases the table's memory
     slot.live = false;
     slot.length = 0;
-    slot.generation = slot.generation == std::numeric_limits<std::uint32_t>::max()
-                          ? 1
-                          : slot.generation + 1;
-    free_slots_.push_back(index);  // capacity kept >= slots_.size(): no allocation
+    slot.generation =
+        slot.generation == std::numeric_limits<std::uint32_t>::max() ? 1 : slot.generation + 1;
+    slot.next_free = free_head_;  // the free list is intrusive: no allocation
+    free_head_ = index;
     --num_sequences_;
     return OkStatus();
   }
@@ -290,14 +289,14 @@ class KvCache::Impl {
       RPA_ASSIGN_OR_RETURN(const std::uint32_t index, Find(seqs[i]));
       const auto pages = static_cast<std::uint32_t>(slots_[index].pages.size());
       if (pages_per_sequence != 0 && pages > pages_per_sequence) {
-        return InvalidArgumentError(fmt::format(
-            "pages_per_sequence {} is less than the {} pages of sequence {} (seqs[{}])",
-            pages_per_sequence, pages, RawId(seqs[i]), i));
+        return InvalidArgumentError(
+            fmt::format("pages_per_sequence {} is less than the {} pages of sequence {} (seqs[{}])",
+                        pages_per_sequence, pages, RawId(seqs[i]), i));
       }
       most_pages = std::max(most_pages, pages);
     }
-    const std::uint32_t pps = pages_per_sequence != 0 ? pages_per_sequence
-                                                      : std::max<std::uint32_t>(most_pages, 1);
+    const std::uint32_t pps =
+        pages_per_sequence != 0 ? pages_per_sequence : std::max<std::uint32_t>(most_pages, 1);
     const std::size_t num_entries = seqs.size() * std::size_t{pps};
     try {
       // Reserving first keeps *out's contents untouched if memory runs out.
@@ -353,9 +352,9 @@ class KvCache::Impl {
     const auto index = static_cast<std::uint32_t>(raw);
     const auto generation = static_cast<std::uint32_t>(raw >> 32);
     if (index >= slots_.size() || !slots_[index].live || slots_[index].generation != generation) {
-      return NotFoundError(fmt::format(
-          "sequence {} (slot {}, generation {}) is not a live sequence of this cache", raw, index,
-          generation));
+      return NotFoundError(
+          fmt::format("sequence {} (slot {}, generation {}) is not a live sequence of this cache",
+                      raw, index, generation));
     }
     return index;
   }
@@ -370,26 +369,24 @@ class KvCache::Impl {
 
   Status MetadataExhausted(std::string_view what) const {
     const ArenaStats stats = arena_->Stats();
-    return ResourceExhaustedError(fmt::format(
-        "the metadata budget of {} bytes ({} used) cannot hold {}", stats.metadata_budget_bytes,
-        stats.metadata_used_bytes, what));
+    return ResourceExhaustedError(
+        fmt::format("the metadata budget of {} bytes ({} used) cannot hold {}",
+                    stats.metadata_budget_bytes, stats.metadata_used_bytes, what));
   }
 
   // A free slot index (its Slot holds no pages). Throws std::bad_alloc, with
-  // no slot taken, when the slot arrays cannot grow. Caller checked the limit.
+  // nothing changed, when the slots cannot grow. Caller checked the limit.
   std::uint32_t AcquireSlot() {
-    if (!free_slots_.empty()) {
-      const std::uint32_t index = free_slots_.back();
-      free_slots_.pop_back();
+    if (free_head_ != kNoSlot) {
+      const std::uint32_t index = free_head_;
+      free_head_ = slots_[index].next_free;
+      slots_[index].next_free = kNoSlot;
       return index;
     }
     if (slots_.size() == slots_.capacity()) {
-      const std::size_t capacity = std::min<std::size_t>(
-          std::max<std::size_t>(2 * slots_.capacity(), 16), config_.max_sequences);
-      // Both or neither grow in effect: FreeSequence pushes onto free_slots_
-      // without allocating, so its capacity covers every slot.
-      free_slots_.reserve(capacity);
-      slots_.reserve(capacity);
+      // Strong guarantee: a throwing reserve leaves slots_ as it was.
+      slots_.reserve(std::min<std::size_t>(std::max<std::size_t>(2 * slots_.capacity(), 16),
+                                           config_.max_sequences));
     }
     slots_.emplace_back(resource_);  // within capacity; an empty pmr vector allocates nothing
     return static_cast<std::uint32_t>(slots_.size() - 1);
@@ -431,9 +428,9 @@ class KvCache::Impl {
   std::unique_ptr<PageAllocator> allocator_;
   std::pmr::vector<std::uint32_t> refcounts_;  // [num_pages]; 0 = free
   std::pmr::vector<Slot> slots_;
-  std::pmr::vector<std::uint32_t> free_slots_;  // capacity >= slots_.size()
+  std::uint32_t free_head_ = kNoSlot;  // slots of freed sequences, linked by next_free
   std::uint32_t num_sequences_ = 0;
-  std::uint32_t used_pages_ = 0;  // pages with a reference
+  std::uint32_t used_pages_ = 0;    // pages with a reference
   std::uint32_t shared_pages_ = 0;  // pages with more than one reference
   std::uint32_t high_water_pages_ = 0;
 };
@@ -459,9 +456,18 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& config) 
                                         .num_planes = config.num_layers,
                                         .plane_stride_bytes = page_bytes * config.num_pages};
   allocator_options.metadata = arena->metadata_resource();
-  auto impl = std::make_unique<Impl>(config, std::move(arena));
+  std::unique_ptr<Impl> impl;
+  try {
+    impl = std::make_unique<Impl>(config, std::move(arena));
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError("no memory for the KvCache object");
+  }
   RPA_RETURN_IF_ERROR(impl->Init(allocator_options));
-  return std::unique_ptr<KvCache>(new KvCache(config, std::move(impl)));
+  try {
+    return std::unique_ptr<KvCache>(new KvCache(config, std::move(impl)));
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError("no memory for the KvCache object");
+  }
 }
 
 KvCache::KvCache(const KvCacheConfig& config, std::unique_ptr<Impl> impl)

@@ -1,8 +1,8 @@
 #include "mimalloc_api.h"
 
-#include <string>
-
 #include <fmt/format.h>
+
+#include <string>
 
 #if !RPA_MIMALLOC_OVERRIDE
 #include <dlfcn.h>

@@ -55,16 +55,28 @@ inline constexpr std::uint32_t kMaxThreadCaches = 4096;
 // A full fence. clang lowers a seq_cst fence to `mfence`, which costs ~20 ns
 // on the AMD EPYC VMs we measured (serializing there); a locked RMW of the
 // stack top is an equally strong barrier for ordinary write-back memory and
-// costs ~2.5 ns (gcc already emits exactly this). ThreadSanitizer keeps the
-// standard fence so it sees one.
+// costs ~2.5 ns (gcc already emits exactly this). ThreadSanitizer builds use
+// it too: TSan does not model fences (gcc rejects atomic_thread_fence under
+// -fsanitize=thread with -Werror=tsan), and nothing here relies on a fence
+// for happens-before, only for store->load ordering between atomics.
 inline void SystemThreadFence(std::memory_order order) noexcept {
-#if defined(__x86_64__) && !RPA_HAS_TSAN
+#if defined(__x86_64__)
   if (order == std::memory_order_seq_cst) {
     asm volatile("lock orq $0, (%%rsp)" ::: "memory", "cc");
     return;
   }
+  // Weaker fences are compiler barriers on x86-64 (TSO).
+  asm volatile("" ::: "memory");
+#else
+#if RPA_HAS_TSAN && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtsan"
 #endif
   std::atomic_thread_fence(order);
+#if RPA_HAS_TSAN && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
 }
 
 // The fence hook: an atomic type may define a static ThreadFence (the
@@ -172,37 +184,40 @@ class PagePool {
   static std::size_t MetadataBytes(const PageAllocatorOptions& options);
 
   std::optional<PageId> Allocate() noexcept {
+    const std::uint32_t page = AllocateIndex();
+    if (page == kNilPage) return std::nullopt;
+    return MakePageId(page);
+  }
+  // Allocate as a page index, kNilPage for none.
+  std::uint32_t AllocateIndex() noexcept {
     Cache* cache = LocalCache();
     if (cache == nullptr) return AllocateUncached();
-    std::uint32_t page = Take(*cache);
+    const std::uint32_t page = Take(*cache);
     if (page == kNilPage) [[unlikely]] return AllocateRefill(*cache);
     Commit(page);
     CountAllocations(*cache, 1);
-    return MakePageId(page);
+    return page;
   }
 
   bool AllocateN(std::span<PageId> pages) noexcept;
 
   Status Free(PageId page) noexcept {
     const std::uint32_t index = PageIndex(page);
-    if (index >= num_pages_) [[unlikely]] return OutOfRangeError("", index);
+    if (index >= num_pages_) [[unlikely]] return OutOfRangeError(index);
     std::uint8_t expected = kAllocated;
     // Relaxed: the CAS only arbitrates ownership of the page between racing
     // frees. Data visibility for the next owner is carried by the release
     // with which the page is published (deque bottom / stack head).
     if (!state_[index].compare_exchange_strong(expected, kFree, std::memory_order_relaxed,
                                                std::memory_order_relaxed)) [[unlikely]] {
-      return NotAllocatedError("", index);
+      return NotAllocatedError(index);
     }
     Poison(index);
     Cache* cache = LocalCache();
-    if (cache == nullptr) {
-      PushChain(index, index);
-      CountUncached(-1);
-    } else if (TryPush(*cache, index)) [[likely]] {
+    if (cache != nullptr && TryPush(*cache, index)) [[likely]] {
       CountFrees(*cache, 1);
     } else {
-      FreeFlushing(*cache, index);
+      FreeSlow(cache, index);
     }
     return OkStatus();
   }
@@ -285,6 +300,10 @@ class PagePool {
       if (armed) ReleaseAllAtThreadExit();
     }
   };
+  // Always accessed by name, never through a reference: with UBSan, gcc 12
+  // null-checks a reference to a thread_local using the flags of the TLS
+  // address `add`, which the linker relaxes into a flag-less `lea` (a false
+  // "member access within null pointer").
   static inline thread_local constinit ThreadMemo memo_{};
   static inline thread_local ExitHook exit_hook_;
 
@@ -303,8 +322,7 @@ class PagePool {
   // ---- Thread cache slots -------------------------------------------------
 
   Cache* LocalCache() noexcept {
-    ThreadMemo& memo = memo_;
-    if (memo.hot_id == id_) [[likely]] return memo.hot_cache;
+    if (memo_.hot_id == id_) [[likely]] return memo_.hot_cache;
     return LocalCacheSlow();
   }
   Cache* LocalCacheSlow() noexcept;
@@ -356,8 +374,9 @@ class PagePool {
         page = kNilPage;  // a thief took it; t now holds the newer top
       }
       cache.bottom.store(b + 1, std::memory_order_relaxed);
+      cache.top_bound = t;
     }
-    cache.top_bound = t;
+    // (With t < b the old top_bound is still a lower bound: not rewritten.)
     return page;
   }
 
@@ -438,7 +457,9 @@ class PagePool {
   }
 
   // Takes up to max_pages from the top with one CAS, calling sink(i, page)
-  // for each while walking (a failed CAS walks again, overwriting). Walking
+  // for each while walking: a failed CAS walks again and overwrites, and if
+  // the stack is then empty the sink's values are stale; only the returned
+  // count says which are valid. Walking
   // nodes another thread may pop meanwhile is safe: next_ entries are atomics
   // that only ever hold page indices or kNilPage, the walk is bounded by
   // max_pages, and if the head (with its tag) is unchanged at the CAS then no
@@ -468,8 +489,8 @@ class PagePool {
   }
   std::uint32_t PopOne() noexcept {
     std::uint32_t page = kNilPage;
-    PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; });
-    return page;
+    // The sink also runs for walks whose CAS then fails: trust the count.
+    return PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; }) == 1 ? page : kNilPage;
   }
   bool GlobalLooksEmpty() const noexcept {
     return HeadIndex(head_.load(std::memory_order_relaxed)) == kNilPage;
@@ -484,9 +505,9 @@ class PagePool {
   void Flush(Cache& cache) noexcept;
   std::uint32_t StealFromAny(const Cache* own) noexcept;
   std::uint32_t Reclaim(Cache* own) noexcept;
-  std::optional<PageId> AllocateRefill(Cache& cache) noexcept;
-  std::optional<PageId> AllocateUncached() noexcept;
-  void FreeFlushing(Cache& cache, std::uint32_t page) noexcept;
+  std::uint32_t AllocateRefill(Cache& cache) noexcept;
+  std::uint32_t AllocateUncached() noexcept;
+  void FreeSlow(Cache* cache, std::uint32_t page) noexcept;
   bool AllocateNSlow(std::span<PageId> pages, Cache* cache) noexcept;
   void ReturnToGlobal(std::span<const PageId> pages) noexcept;
 
@@ -561,11 +582,20 @@ class PagePool {
 
   // ---- Errors ---------------------------------------------------------------
 
-  Status OutOfRangeError(const std::string& where, std::uint32_t index) const {
+  // Out of line and cold, so the fast paths need no frame for strings.
+  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(std::uint32_t index) const {
+    return OutOfRangeError(index, "");
+  }
+  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(std::uint32_t index,
+                                                     const std::string& where) const {
     return InvalidArgumentError(where + "page id " + std::to_string(index) + " out of range [0, " +
                                 std::to_string(num_pages_) + ")");
   }
-  static Status NotAllocatedError(const std::string& where, std::uint32_t index) {
+  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(std::uint32_t index) {
+    return NotAllocatedError(index, "");
+  }
+  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(std::uint32_t index,
+                                                               const std::string& where) {
     return InvalidArgumentError(where + "page " + std::to_string(index) +
                                 " is not allocated (double free?)");
   }

@@ -100,37 +100,36 @@ std::size_t PagePool<Atom>::MetadataBytes(const PageAllocatorOptions& options) {
 
 template <template <typename> class Atom>
 typename PagePool<Atom>::Cache* PagePool<Atom>::LocalCacheSlow() noexcept {
-  ThreadMemo& memo = memo_;
-  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
-    if (memo.entries[i].id == id_) {
-      memo.hot_id = id_;
-      memo.hot_cache = memo.entries[i].cache;
-      return memo.hot_cache;
+  for (std::uint32_t i = 0; i < memo_.num_entries; ++i) {
+    if (memo_.entries[i].id == id_) {
+      memo_.hot_id = id_;
+      memo_.hot_cache = memo_.entries[i].cache;
+      return memo_.hot_cache;
     }
   }
   Cache* cache = nullptr;
-  if (capacity_ != 0 && !memo.exiting) {
-    if (memo.num_entries == kMemoEntries) {
+  if (capacity_ != 0 && !memo_.exiting) {
+    if (memo_.num_entries == kMemoEntries) {
       // Drop entries of destroyed pools (their slots died with them).
-      for (std::uint32_t i = 0; i < memo.num_entries;) {
-        if (LivePools::IsLive(memo.entries[i].id)) {
+      for (std::uint32_t i = 0; i < memo_.num_entries;) {
+        if (LivePools::IsLive(memo_.entries[i].id)) {
           ++i;
         } else {
-          memo.entries[i] = memo.entries[--memo.num_entries];
+          memo_.entries[i] = memo_.entries[--memo_.num_entries];
         }
       }
     }
     // With kMemoEntries live pools already in use, this thread uses this
     // pool's global stack (uncached) rather than claim a slot it could not
     // remember to release.
-    if (memo.num_entries < kMemoEntries) {
+    if (memo_.num_entries < kMemoEntries) {
       cache = ClaimCache();
-      memo.entries[memo.num_entries++] = {id_, this, cache};
+      memo_.entries[memo_.num_entries++] = {id_, this, cache};
       if (cache != nullptr) exit_hook_.armed = true;
     }
   }
-  memo.hot_id = id_;
-  memo.hot_cache = cache;
+  memo_.hot_id = id_;
+  memo_.hot_cache = cache;
   return cache;
 }
 
@@ -166,29 +165,27 @@ void PagePool<Atom>::ReleaseCache(Cache& cache) noexcept {
 
 template <template <typename> class Atom>
 void PagePool<Atom>::ReleaseAllAtThreadExit() noexcept {
-  ThreadMemo& memo = memo_;
-  memo.exiting = true;  // later calls from this thread (other TLS destructors) go uncached
-  memo.hot_id = 0;
-  memo.hot_cache = nullptr;
-  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
-    const typename ThreadMemo::Entry entry = memo.entries[i];
+  memo_.exiting = true;  // later calls from this thread (other TLS destructors) go uncached
+  memo_.hot_id = 0;
+  memo_.hot_cache = nullptr;
+  for (std::uint32_t i = 0; i < memo_.num_entries; ++i) {
+    const typename ThreadMemo::Entry entry = memo_.entries[i];
     if (entry.cache == nullptr) continue;
     LivePools::IfLive(entry.id, [&] { entry.pool->ReleaseCache(*entry.cache); });
   }
-  memo.num_entries = 0;
+  memo_.num_entries = 0;
 }
 
 template <template <typename> class Atom>
 void PagePool<Atom>::ReleaseThreadCache() noexcept {
-  ThreadMemo& memo = memo_;
-  if (memo.hot_id == id_) {
-    memo.hot_id = 0;
-    memo.hot_cache = nullptr;
+  if (memo_.hot_id == id_) {
+    memo_.hot_id = 0;
+    memo_.hot_cache = nullptr;
   }
-  for (std::uint32_t i = 0; i < memo.num_entries; ++i) {
-    if (memo.entries[i].id != id_) continue;
-    if (memo.entries[i].cache != nullptr) ReleaseCache(*memo.entries[i].cache);
-    memo.entries[i] = memo.entries[--memo.num_entries];
+  for (std::uint32_t i = 0; i < memo_.num_entries; ++i) {
+    if (memo_.entries[i].id != id_) continue;
+    if (memo_.entries[i].cache != nullptr) ReleaseCache(*memo_.entries[i].cache);
+    memo_.entries[i] = memo_.entries[--memo_.num_entries];
     return;
   }
 }
@@ -221,7 +218,7 @@ std::uint32_t PagePool<Atom>::Refill(Cache& cache) noexcept {
   });
   if (n > 1) cache.bottom.store(b + n - 1, std::memory_order_release);
   EndTransfer();
-  return kept;
+  return n == 0 ? kNilPage : kept;
 }
 
 // Owner, with its deque full: moves batch_ pages from the top (the coldest
@@ -289,32 +286,38 @@ std::uint32_t PagePool<Atom>::Reclaim(Cache* own) noexcept {
 }
 
 template <template <typename> class Atom>
-std::optional<PageId> PagePool<Atom>::AllocateRefill(Cache& cache) noexcept {
+std::uint32_t PagePool<Atom>::AllocateRefill(Cache& cache) noexcept {
   std::uint32_t page = Refill(cache);
   if (page == kNilPage) page = Reclaim(&cache);
-  if (page == kNilPage) return std::nullopt;
+  if (page == kNilPage) return kNilPage;
   Commit(page);
   CountAllocations(cache, 1);
   Publish(cache);  // a sampling point for the high-water mark
-  return MakePageId(page);
+  return page;
 }
 
 template <template <typename> class Atom>
-std::optional<PageId> PagePool<Atom>::AllocateUncached() noexcept {
+std::uint32_t PagePool<Atom>::AllocateUncached() noexcept {
   std::uint32_t page = PopOne();
   if (page == kNilPage) page = Reclaim(nullptr);
-  if (page == kNilPage) return std::nullopt;
+  if (page == kNilPage) return kNilPage;
   Commit(page);
   CountUncached(1);
-  return MakePageId(page);
+  return page;
 }
 
+// Free without a cache, or with a full one.
 template <template <typename> class Atom>
-void PagePool<Atom>::FreeFlushing(Cache& cache, std::uint32_t page) noexcept {
-  Flush(cache);
-  RPA_CHECK(TryPush(cache, page));  // Flush left at least batch_ >= 1 free slots
-  CountFrees(cache, 1);
-  Publish(cache);
+void PagePool<Atom>::FreeSlow(Cache* cache, std::uint32_t page) noexcept {
+  if (cache == nullptr) {
+    PushChain(page, page);
+    CountUncached(-1);
+    return;
+  }
+  Flush(*cache);
+  RPA_CHECK(TryPush(*cache, page));  // Flush left at least batch_ >= 1 free slots
+  CountFrees(*cache, 1);
+  Publish(*cache);
 }
 
 template <template <typename> class Atom>
@@ -397,7 +400,7 @@ Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
   const std::size_t n = pages.size();
   auto where = [](std::size_t i) { return "pages[" + std::to_string(i) + "]: "; };
   for (std::size_t i = 0; i < n; ++i) {
-    if (PageIndex(pages[i]) >= num_pages_) return OutOfRangeError(where(i), PageIndex(pages[i]));
+    if (PageIndex(pages[i]) >= num_pages_) return OutOfRangeError(PageIndex(pages[i]), where(i));
   }
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t index = PageIndex(pages[i]);
@@ -416,7 +419,7 @@ Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
                                     " is repeated (also pages[" + std::to_string(j) + "])");
       }
     }
-    return NotAllocatedError(where(i), index);
+    return NotAllocatedError(index, where(i));
   }
   if (n == 0) return OkStatus();
   for (const PageId page : pages) Poison(PageIndex(page));

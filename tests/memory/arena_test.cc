@@ -1,5 +1,8 @@
 #include "rpa/memory/arena.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -10,9 +13,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "rpa/runtime/sanitizers.h"
 
@@ -51,20 +51,17 @@ TEST(ArenaTest, OverflowingRegionIsRejected) {
   auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 40, .num_units = 1u << 30});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(arena.status().message(),
-              AllOf(HasSubstr("unit_bytes * num_units"), HasSubstr("1099511627776"),
-                    HasSubstr("1073741824")));
+  EXPECT_THAT(arena.status().message(), AllOf(HasSubstr("unit_bytes * num_units"),
+                                              HasSubstr("1099511627776"), HasSubstr("1073741824")));
 }
 
 TEST(ArenaTest, RegionAboveTheLimitIsRejected) {
   // 2^32 * (2^30 + 1) fits size_t but exceeds the 2^62 limit.
-  auto arena =
-      Arena::Create({.unit_bytes = std::size_t{1} << 32, .num_units = (1u << 30) + 1});
+  auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 32, .num_units = (1u << 30) + 1});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(arena.status().message(),
-              AllOf(HasSubstr("unit_bytes * num_units"), HasSubstr("4294967296"),
-                    HasSubstr("1073741825")));
+  EXPECT_THAT(arena.status().message(), AllOf(HasSubstr("unit_bytes * num_units"),
+                                              HasSubstr("4294967296"), HasSubstr("1073741825")));
 }
 
 TEST(ArenaTest, HugeMetadataBudgetIsRejected) {
@@ -79,7 +76,8 @@ TEST(ArenaTest, HugeMetadataBudgetIsRejected) {
 
 TEST(ArenaTest, ReservationLargerThanTheAddressSpaceIsResourceExhausted) {
   // 2^62 bytes passes validation but no OS can map it.
-  auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 20, .num_units = std::uint64_t{1} << 42});
+  auto arena =
+      Arena::Create({.unit_bytes = std::size_t{1} << 20, .num_units = std::uint64_t{1} << 42});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kResourceExhausted) << arena.status();
   EXPECT_THAT(arena.status().message(), HasSubstr("arena"));
@@ -88,8 +86,8 @@ TEST(ArenaTest, ReservationLargerThanTheAddressSpaceIsResourceExhausted) {
 }
 
 TEST(ArenaTest, UnitAddressIsArithmetic) {
-  for (std::size_t unit_bytes : {std::size_t{100}, std::size_t{4096}, std::size_t{3 * 4096},
-                                 std::size_t{64} << 10}) {
+  for (std::size_t unit_bytes :
+       {std::size_t{100}, std::size_t{4096}, std::size_t{3 * 4096}, std::size_t{64} << 10}) {
     SCOPED_TRACE(unit_bytes);
     auto arena = MustCreate({.unit_bytes = unit_bytes, .num_units = 37});
     ASSERT_NE(arena, nullptr);
@@ -167,8 +165,8 @@ TEST(ArenaTest, MetadataHonoursAlignment) {
   auto arena = MustCreate({.unit_bytes = 4096, .num_units = 4});
   ASSERT_NE(arena, nullptr);
   std::pmr::memory_resource* resource = arena->metadata_resource();
-  for (std::size_t alignment : {std::size_t{8}, std::size_t{16}, std::size_t{64},
-                                std::size_t{256}, std::size_t{4096}}) {
+  for (std::size_t alignment :
+       {std::size_t{8}, std::size_t{16}, std::size_t{64}, std::size_t{256}, std::size_t{4096}}) {
     void* p = resource->allocate(100, alignment);
     EXPECT_TRUE(IsAligned(p, alignment)) << alignment;
     // Metadata never lands in the page region.
@@ -264,16 +262,42 @@ TEST(ArenaTest, ConcurrentAllocationsNeverExceedTheBudget) {
   EXPECT_EQ(arena->Stats().metadata_used_bytes, 0u);
 }
 
+TEST(ArenaTest, MetadataOfExitedThreadsIsReclaimed) {
+  // A thread that exits while its metadata blocks are live leaves its
+  // mimalloc segment abandoned; the blocks are freed later by another thread.
+  // Reusing the arena again and again must not run out of metadata room.
+  for (int i = 0; i < 40; ++i) {
+    auto arena =
+        MustCreate({.unit_bytes = 4096, .num_units = 8, .metadata_bytes = std::size_t{1} << 20});
+    ASSERT_NE(arena, nullptr);
+    std::pmr::memory_resource* resource = arena->metadata_resource();
+    void* block = nullptr;
+    std::thread([&] {
+      try {
+        block = resource->allocate(1000);
+      } catch (const std::bad_alloc&) {
+        block = nullptr;
+      }
+    }).join();
+    ASSERT_NE(block, nullptr) << "iteration " << i;
+    resource->deallocate(block, 1000);
+  }
+}
+
 TEST(ArenaTest, TwoHundredArenasRecycleTheProcessLimitedMimallocArenas) {
   // mimalloc 2.0.9 allows 64 arenas per process and never releases one: 200
   // create/destroy cycles only work if destroyed Arenas are recycled.
   std::set<std::byte*> bases;
   for (int i = 0; i < 200; ++i) {
-    const std::uint64_t num_units = 16 + static_cast<std::uint64_t>(i % 5) * 1000;
-    auto arena = MustCreate({.unit_bytes = 4096, .num_units = num_units,
-                             .metadata_bytes = std::size_t{1} << 20, .huge_pages = i % 7 == 0});
+    const std::uint64_t num_units = 16 + static_cast<std::uint64_t>(i % 5) * 200;
+    auto arena = MustCreate({.unit_bytes = 4096,
+                             .num_units = num_units,
+                             .metadata_bytes = std::size_t{1} << 20,
+                             .huge_pages = i % 7 == 0});
     ASSERT_NE(arena, nullptr) << "iteration " << i;
-    std::memset(arena->base(), i & 0xff, arena->region_bytes());
+    for (std::size_t offset = 0; offset < arena->region_bytes(); offset += 4096) {
+      arena->base()[offset] = static_cast<std::byte>(i);  // every OS page is writable
+    }
     void* meta = arena->metadata_resource()->allocate(4096);
     std::memset(meta, 1, 4096);
     arena->metadata_resource()->deallocate(meta, 4096);
@@ -333,8 +357,8 @@ TEST(ArenaTest, DestroyedOnAnotherThread) {
 
 TEST(ArenaTest, HugePagesAreBestEffort) {
   constexpr std::size_t kRegionBytes = std::size_t{8} << 20;
-  auto arena = MustCreate({.unit_bytes = 4096, .num_units = kRegionBytes / 4096,
-                           .huge_pages = true});
+  auto arena =
+      MustCreate({.unit_bytes = 4096, .num_units = kRegionBytes / 4096, .huge_pages = true});
   ASSERT_NE(arena, nullptr);
   EXPECT_TRUE(arena->huge_pages());
   // The region starts on a 2 MiB boundary so transparent huge pages can back

@@ -9,11 +9,10 @@
 // interceptors own malloc in any build.
 
 #include <dlfcn.h>
+#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <memory>
-
-#include <gtest/gtest.h>
 
 #include "rpa/memory/arena.h"
 #include "rpa/runtime/sanitizers.h"
@@ -21,10 +20,9 @@
 namespace rpa::memory {
 namespace {
 
-// The soname memory/CMakeLists.txt gives the library (RPA_MIMALLOC_SONAME);
-// the test target does not see that definition, so it is spelled out here.
+// tests/memory/CMakeLists.txt passes the soname the library dlopens.
 #ifndef RPA_MIMALLOC_SONAME
-#define RPA_MIMALLOC_SONAME "libmimalloc.so.2"
+#error "RPA_MIMALLOC_SONAME must be defined by the build"
 #endif
 
 #if defined(RPA_MIMALLOC_OVERRIDE) && RPA_MIMALLOC_OVERRIDE && !RPA_HAS_ASAN && !RPA_HAS_TSAN

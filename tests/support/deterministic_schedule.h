@@ -176,11 +176,9 @@ class DeterministicAtomic {
   DeterministicAtomic(const DeterministicAtomic&) = delete;
   DeterministicAtomic& operator=(const DeterministicAtomic&) = delete;
 
-  // The AtomicTraits fence hook: a scheduling point, then the real fence.
-  static void ThreadFence(std::memory_order order) noexcept {
-    DeterministicSchedule::Point();
-    std::atomic_thread_fence(order);
-  }
+  // The AtomicTraits fence hook: a scheduling point. No real fence is
+  // needed: only one thread runs at a time and every operation is seq_cst.
+  static void ThreadFence(std::memory_order) noexcept { DeterministicSchedule::Point(); }
 
   T load(std::memory_order = std::memory_order_seq_cst) const noexcept {
     DeterministicSchedule::Point();

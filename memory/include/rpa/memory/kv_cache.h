@@ -19,6 +19,12 @@
 // Every operation validates first and mutates after: a failed call (bad id,
 // no pages, no metadata memory) changes nothing.
 //
+// Metadata (page tables, reference counts, sequence slots, the page
+// allocator's bookkeeping) lives in the Arena's metadata heap with a budget
+// computed from the config: page tables get 4 * num_pages entries in total
+// (forks copy their parent's table), slots max_sequences. Past it,
+// CreateSequence / Fork / Reserve return ResourceExhausted.
+//
 // Thread-safety: not thread-safe; calls on one KvCache must be serialized
 // (the scheduler owns it). Const member functions may run concurrently with
 // each other. The page memory behind Layer() may be read and written by
@@ -50,6 +56,7 @@ class PageAllocator;
 
 // Names a live sequence: slot in the low 32 bits, generation in the high 32,
 // so an id whose sequence was freed is NotFound even after its slot is reused.
+// Generations start at 1: SequenceId{} never names a sequence.
 enum class SequenceId : std::uint64_t {};
 
 struct KvCacheConfig {
@@ -110,13 +117,18 @@ class KvCache {
   // A new, empty sequence. ResourceExhausted at max_sequences.
   StatusOr<SequenceId> CreateSequence();
 
-  // A new sequence sharing all of `parent`'s pages and its length.
+  // A new sequence sharing all of `parent`'s pages and its length. NotFound for
+  // a bad parent; ResourceExhausted at max_sequences or when the metadata budget
+  // cannot hold the copied page table.
   StatusOr<SequenceId> Fork(SequenceId parent);
 
   // Makes room for num_tokens more tokens: length += num_tokens. Allocates the
   // pages this crosses into and, if the last page is shared and partially
-  // filled, a private copy of it. All or nothing: ResourceExhausted when the
-  // pages are not there, InvalidArgument if the length would exceed 2^31 - 1.
+  // filled, a private copy of it (the filled slots are copied in every layer).
+  // All or nothing: ResourceExhausted when the pages (message "need N pages,
+  // M free") or the page table's metadata are not there, InvalidArgument if the
+  // length would exceed 2^31 - 1, NotFound for a bad id. num_tokens 0 is a
+  // no-op.
   Status Reserve(SequenceId seq, std::uint32_t num_tokens);
 
   // Drops the sequence; pages no other sequence references become free.
@@ -129,7 +141,8 @@ class KvCache {
   // Writes kv_lens and page_indices for `seqs` (in order) into *out, reusing
   // its vectors' capacity. pages_per_sequence 0 means the largest page count
   // among `seqs` (at least 1); a smaller value than some sequence needs is
-  // InvalidArgument. *out is untouched on error.
+  // InvalidArgument, a bad id NotFound, a null out InvalidArgument. *out is
+  // untouched on error.
   Status ExportBatch(std::span<const SequenceId> seqs, std::uint32_t pages_per_sequence,
                      BatchPageTable* out) const;
 

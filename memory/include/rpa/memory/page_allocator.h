@@ -20,8 +20,9 @@
 //
 // Thread-safety: every member function may be called from any number of
 // threads concurrently. Allocate/Free never block, never throw and never
-// allocate memory after construction (except a thread's first use, which
-// claims a cache slot).
+// allocate memory after construction, except on a thread's first use (which
+// claims a cache slot and registers its release at thread exit) and to build
+// an error Status.
 // Memory ordering: a Free happens-before the Allocate that returns the same
 // page, so data written to a page before freeing it is visible to (and may be
 // overwritten by) its next owner.
@@ -81,10 +82,12 @@ struct PageAllocatorStats {
   std::uint32_t free_pages = 0;  // in the global pool and in thread caches
   std::uint32_t used_pages = 0;  // allocated and not yet freed
   // The most pages ever allocated at once. Exact when one thread uses the
-  // allocator; with several threads it is sampled whenever a cache exchanges
-  // a batch with the global pool and when Stats() runs, so it can miss a peak
-  // by at most (threads x thread_cache_pages). free_pages and used_pages are
-  // exact whenever no call is in progress.
+  // allocator. With several threads it is sampled whenever a cache exchanges
+  // a batch with the global pool and when Stats() runs, from per-thread
+  // counts published lazily, so it can be off from the true peak by at most
+  // threads x thread_cache_pages (rounded up to a power of two), in either
+  // direction; never above num_pages. free_pages and used_pages are exact
+  // whenever no call is in progress.
   std::uint32_t high_water_pages = 0;
 };
 
@@ -98,11 +101,16 @@ class PageAllocator {
   PageAllocator(const PageAllocator&) = delete;
   PageAllocator& operator=(const PageAllocator&) = delete;
 
-  // One free page, or nullopt when no page is free anywhere.
+  // One free page, or nullopt when no page is free anywhere: before saying so
+  // it takes pages from the global pool and steals from every other thread's
+  // cache (live or exited), and it says so only after a scan that found them
+  // all empty while no batch was moving between them. A page freed by another
+  // thread during that scan may be missed (the caller retries later anyway).
   [[nodiscard]] std::optional<PageId> Allocate() noexcept;
 
   // Fills `pages` with distinct free pages, all or nothing: returns false (and
-  // allocates nothing) when fewer than pages.size() are free.
+  // allocates nothing; the contents of `pages` are then unspecified) when
+  // fewer than pages.size() are free, with the same reclaiming as Allocate.
   [[nodiscard]] bool AllocateN(std::span<PageId> pages) noexcept;
 
   // Returns a page. InvalidArgument (nothing changes) for an id out of range

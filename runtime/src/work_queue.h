@@ -1,0 +1,156 @@
+#pragma once
+
+// WorkQueue<T*>: a worker's run queue of tasks that have not started.
+//
+// Chase-Lev's growable circular array ("Dynamic Circular Work-Stealing
+// Deque", SPAA'05; C11 orderings after Le et al., PPoPP'13) with one change:
+// the owner takes from the top too, like thieves, instead of popping the
+// bottom. So a worker starts its tasks in FIFO order (tasks spawned from one
+// fiber start in spawn order on one worker, which the ordering tests and the
+// virtual clock's determinism rely on), and the owner/thief race on the last
+// element, together with Chase-Lev's seq_cst fence in pop, disappears: every
+// take is one CAS on `top`, uncontended when nobody steals.
+//
+//   Push (owner only):  write slot[bottom]; release; bottom = bottom + 1.
+//                       Grows (doubles) when full: copies [top, bottom) into a
+//                       new array, publishes it (release) before bottom.
+//   Take (any thread):  t = top (acquire); b = bottom (acquire); t < b ?
+//                       read slot[t] from the current array, CAS top t -> t+1.
+//
+// Why a taker that wins the CAS read a valid item: while top <= t the owner
+// never writes physical slot t mod size again (it grows instead of writing
+// slot b with b - top >= size - 1), and an old array is never written after a
+// grow, so reading through a stale array pointer sees the same item. Retired
+// arrays are kept until the queue dies (thieves may still read them); they
+// total less than the live array.
+//
+// Thread-safety: Push by the owner only; Take and the size hint from any thread.
+// Memory ordering: Push's item is visible to the Take that returns it (slot
+// write -> release store of bottom -> acquire load of bottom -> slot read).
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "atomic_traits.h"
+
+namespace rpa::runtime::internal {
+
+template <typename T, template <typename> class Atom = std::atomic>
+class WorkQueue {
+  static_assert(std::is_pointer_v<T>, "WorkQueue holds pointers");
+
+ public:
+  explicit WorkQueue(std::size_t initial_capacity = 256) {
+    std::size_t capacity = 2;
+    while (capacity < initial_capacity) capacity *= 2;
+    auto array = std::make_unique<Array>(capacity);
+    array_.store(array.get(), std::memory_order_relaxed);
+    arrays_.push_back(std::move(array));
+  }
+  WorkQueue(const WorkQueue&) = delete;
+  WorkQueue& operator=(const WorkQueue&) = delete;
+
+  void Push(T item) {
+    const std::int64_t b = bottom_.load(std::memory_order_relaxed);
+    const std::int64_t t = top_.load(std::memory_order_acquire);
+    Array* array = array_.load(std::memory_order_relaxed);
+    if (b - t >= static_cast<std::int64_t>(array->capacity) - 1) array = Grow(array, t, b);
+    array->Put(b, item);
+    bottom_.store(b + 1, std::memory_order_release);
+  }
+
+  // The oldest item, or nullptr when empty. Retries when it loses a race, so
+  // nullptr really means "was empty at some point during the call".
+  T Take() {
+    for (;;) {
+      std::int64_t t = top_.load(std::memory_order_acquire);
+      const std::int64_t b = bottom_.load(std::memory_order_acquire);
+      if (t >= b) return nullptr;
+      Array* array = array_.load(std::memory_order_acquire);
+      T item = array->Get(t);
+      if (top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                       std::memory_order_relaxed)) {
+        return item;
+      }
+    }
+  }
+
+  // Racy size (exact when quiescent).
+  std::size_t size_hint() const {
+    const std::int64_t b = bottom_.load(std::memory_order_acquire);
+    const std::int64_t t = top_.load(std::memory_order_acquire);
+    return b > t ? static_cast<std::size_t>(b - t) : 0;
+  }
+  bool empty_hint() const { return size_hint() == 0; }
+
+ private:
+  struct Array {
+    explicit Array(std::size_t cap) : capacity(cap), mask(cap - 1), slots(new Atom<T>[cap]) {}
+    T Get(std::int64_t i) const {
+      return slots[static_cast<std::size_t>(i) & mask].load(std::memory_order_relaxed);
+    }
+    void Put(std::int64_t i, T item) {
+      slots[static_cast<std::size_t>(i) & mask].store(item, std::memory_order_relaxed);
+    }
+    const std::size_t capacity;
+    const std::size_t mask;
+    std::unique_ptr<Atom<T>[]> slots;
+  };
+
+  Array* Grow(Array* old, std::int64_t t, std::int64_t b) {
+    auto bigger = std::make_unique<Array>(old->capacity * 2);
+    for (std::int64_t i = t; i < b; ++i) bigger->Put(i, old->Get(i));
+    Array* raw = bigger.get();
+    arrays_.push_back(std::move(bigger));
+    array_.store(raw, std::memory_order_release);
+    return raw;
+  }
+
+  alignas(64) Atom<std::int64_t> top_{0};
+  alignas(64) Atom<std::int64_t> bottom_{0};
+  Atom<Array*> array_{nullptr};
+  std::vector<std::unique_ptr<Array>> arrays_;  // owner only; the last is live
+};
+
+// An intrusive lock-free stack of nodes with a `next` member, emptied all at
+// once (Treiber push, exchange pop-all: no ABA, since nothing pops singly).
+// Used as a worker's inbox (fibers woken by other threads: many producers, the
+// owner consumes) and as the executor's queue of tasks from foreign threads
+// (any worker takes the whole batch).
+//
+// Thread-safety: Push and TakeAll from any thread.
+// Memory ordering: Push is seq_cst (it is the "publish" half of the wake-up
+// protocol's Dekker pair: push, then look for a sleeping consumer); TakeAll
+// acquires, so a node's contents are visible to whoever takes it.
+template <typename Node, template <typename> class Atom = std::atomic>
+class IntrusiveStack {
+ public:
+  void Push(Node* node) {
+    Node* head = head_.load(std::memory_order_relaxed);
+    do {
+      node->next = head;
+    } while (!head_.compare_exchange_weak(head, node, std::memory_order_seq_cst,
+                                          std::memory_order_relaxed));
+  }
+  // Every node, oldest first (nullptr-terminated through `next`).
+  Node* TakeAll() {
+    if (head_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    Node* node = head_.exchange(nullptr, std::memory_order_acquire);
+    Node* fifo = nullptr;
+    while (node != nullptr) {
+      Node* next = node->next;
+      node->next = fifo;
+      fifo = node;
+      node = next;
+    }
+    return fifo;
+  }
+  bool empty() const { return head_.load(std::memory_order_seq_cst) == nullptr; }
+
+ private:
+  Atom<Node*> head_{nullptr};
+};
+
+}  // namespace rpa::runtime::internal
