@@ -426,6 +426,7 @@ void BM_Channel_CrossWorkerHandOff(benchmark::State& state, HandOff mode) {
     }
     drained_ns.store(NowNs(), std::memory_order_relaxed);
   });
+  const std::uint64_t parks_before = executor->Stats().parks;
   double elapsed_ns = 0;
   bool met = false;
   int driver_worker = -1;
@@ -456,9 +457,13 @@ void BM_Channel_CrossWorkerHandOff(benchmark::State& state, HandOff mode) {
     state.SkipWithError("the two tasks did not run on two workers within 2 s");
   } else {
     RPA_CHECK(driver_worker != peer_worker.load(std::memory_order_relaxed));
-    SetNsPerOp(state,
-               mode == HandOff::kPingPong ? "ns_per_handoff" : "ns_per_item",
-               elapsed_ns, mode == HandOff::kPingPong ? 2 : 1);
+    const double per_iteration = mode == HandOff::kPingPong ? 2 : 1;
+    SetNsPerOp(state, per_iteration == 2 ? "ns_per_handoff" : "ns_per_item",
+               elapsed_ns, per_iteration);
+    // Diagnostic: how often a worker went to sleep (a park costs a wake-up).
+    state.counters["parks_per_op"] =
+        static_cast<double>(executor->Stats().parks - parks_before) /
+        (static_cast<double>(state.iterations()) * per_iteration);
   }
   ShutdownOrFail(state, *executor);
 }

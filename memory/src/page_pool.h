@@ -110,6 +110,12 @@ class LivePools {
     std::lock_guard<std::mutex> lock(s.mu);
     auto it = std::lower_bound(s.live.begin(), s.live.end(), id);
     if (it != s.live.end() && *it == id) s.live.erase(it);
+    s.num_unregistered.fetch_add(1, std::memory_order_relaxed);
+  }
+  // How many pools were ever destroyed: a thread memo full of live pools
+  // need not be purged again until this changes.
+  static std::uint64_t NumUnregistered() noexcept {
+    return Get().num_unregistered.load(std::memory_order_relaxed);
   }
   static bool IsLive(std::uint64_t id) noexcept {
     return IfLive(id, [] {});
@@ -130,6 +136,7 @@ class LivePools {
     std::mutex mu;
     std::vector<std::uint64_t> live;
     std::uint64_t next_id = 1;  // 0 means "no pool" in the thread memo
+    std::atomic<std::uint64_t> num_unregistered{0};
   };
   static State& Get() noexcept {
     // Leaked on purpose: thread-exit hooks may run after static destructors.
@@ -291,6 +298,7 @@ class PagePool {
     Cache* hot_cache = nullptr;
     std::uint32_t num_entries = 0;
     bool exiting = false;
+    std::uint64_t purged_at = ~std::uint64_t{0};  // LivePools::NumUnregistered() at the last purge
     Entry entries[kMemoEntries] = {};
   };
   // Registers the thread-exit release the first time a thread claims a slot.

@@ -109,8 +109,11 @@ typename PagePool<Atom>::Cache* PagePool<Atom>::LocalCacheSlow() noexcept {
   }
   Cache* cache = nullptr;
   if (capacity_ != 0 && !memo_.exiting) {
-    if (memo_.num_entries == kMemoEntries) {
-      // Drop entries of destroyed pools (their slots died with them).
+    if (memo_.num_entries == kMemoEntries &&
+        memo_.purged_at != LivePools::NumUnregistered()) {
+      // Drop entries of destroyed pools (their slots died with them). Only
+      // when some pool died since the last purge: no lock otherwise.
+      memo_.purged_at = LivePools::NumUnregistered();
       for (std::uint32_t i = 0; i < memo_.num_entries;) {
         if (LivePools::IsLive(memo_.entries[i].id)) {
           ++i;

@@ -167,9 +167,13 @@ class Fiber {
   // Sanitizer state.
   const void* asan_stack_bottom_ = nullptr;
   std::size_t asan_stack_bytes_ = 0;
+#if RPA_HAS_ASAN
   void* asan_fake_stack_ = nullptr;
+#endif
+#if RPA_HAS_TSAN
   void* tsan_fiber_ = nullptr;
   bool owns_tsan_fiber_ = false;
+#endif
 };
 
 }  // namespace rpa::runtime::internal
