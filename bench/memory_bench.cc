@@ -38,7 +38,8 @@ constexpr std::size_t kRunPages = 2048;
 // The baseline: what one would write first.
 class MutexFreeList {
  public:
-  explicit MutexFreeList(std::uint32_t num_pages) : allocated_(num_pages, false) {
+  explicit MutexFreeList(std::uint32_t num_pages)
+      : allocated_(num_pages, false) {
     free_.reserve(num_pages);
     for (std::uint32_t i = num_pages; i-- > 0;) free_.push_back(i);
   }
@@ -71,7 +72,8 @@ class MutexFreeList {
   bool FreeN(std::span<const PageId> pages) {
     std::lock_guard<std::mutex> lock(mu_);
     for (PageId page : pages) {
-      if (PageIndex(page) >= allocated_.size() || !allocated_[PageIndex(page)]) return false;
+      if (PageIndex(page) >= allocated_.size() || !allocated_[PageIndex(page)])
+        return false;
     }
     for (PageId page : pages) {
       allocated_[PageIndex(page)] = false;
@@ -96,9 +98,13 @@ class Lockfree {
     allocator_ = std::move(allocator).value();
   }
   std::optional<PageId> Allocate() { return allocator_->Allocate(); }
-  bool AllocateN(std::span<PageId> pages) { return allocator_->AllocateN(pages); }
+  bool AllocateN(std::span<PageId> pages) {
+    return allocator_->AllocateN(pages);
+  }
   bool Free(PageId page) { return allocator_->Free(page).ok(); }
-  bool FreeN(std::span<const PageId> pages) { return allocator_->FreeN(pages).ok(); }
+  bool FreeN(std::span<const PageId> pages) {
+    return allocator_->FreeN(pages).ok();
+  }
 
  private:
   std::unique_ptr<PageAllocator> allocator_;
@@ -109,16 +115,25 @@ std::unique_ptr<Lockfree> g_cached;
 std::unique_ptr<Lockfree> g_shared;
 std::unique_ptr<MutexFreeList> g_mutex;
 
-void SetUpCached(const benchmark::State&) { g_cached = std::make_unique<Lockfree>(128); }
+void SetUpCached(const benchmark::State&) {
+  g_cached = std::make_unique<Lockfree>(128);
+}
 void TearDownCached(const benchmark::State&) { g_cached.reset(); }
-void SetUpShared(const benchmark::State&) { g_shared = std::make_unique<Lockfree>(0); }
+void SetUpShared(const benchmark::State&) {
+  g_shared = std::make_unique<Lockfree>(0);
+}
 void TearDownShared(const benchmark::State&) { g_shared.reset(); }
-void SetUpMutex(const benchmark::State&) { g_mutex = std::make_unique<MutexFreeList>(kNumPages); }
+void SetUpMutex(const benchmark::State&) {
+  g_mutex = std::make_unique<MutexFreeList>(kNumPages);
+}
 void TearDownMutex(const benchmark::State&) { g_mutex.reset(); }
 
-void Report(benchmark::State& state, std::size_t items_per_iteration, const char* per_item) {
-  const auto items = static_cast<double>(state.iterations()) * static_cast<double>(items_per_iteration);
-  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(items_per_iteration));
+void Report(benchmark::State& state, std::size_t items_per_iteration,
+            const char* per_item) {
+  const auto items = static_cast<double>(state.iterations()) *
+                     static_cast<double>(items_per_iteration);
+  state.SetItemsProcessed(state.iterations() *
+                          static_cast<std::int64_t>(items_per_iteration));
   // Averaged over threads, then inverted: seconds per item per thread.
   state.counters[per_item] = benchmark::Counter(
       items, benchmark::Counter::kIsRate | benchmark::Counter::kAvgThreads |
@@ -131,7 +146,8 @@ void AllocFreePair(benchmark::State& state, Impl& impl) {
   for (auto _ : state) {
     const std::optional<PageId> page = impl.Allocate();
     benchmark::DoNotOptimize(page);
-    if (!page.has_value() || !impl.Free(*page)) state.SkipWithError("allocation failed");
+    if (!page.has_value() || !impl.Free(*page))
+      state.SkipWithError("allocation failed");
   }
   Report(state, 1, "ns_per_pair");
 }
@@ -165,18 +181,41 @@ void AllocateNRun(benchmark::State& state, Impl& impl) {
   Report(state, kRunPages, "ns_per_page");
 }
 
-void BM_PageAllocator_AllocFreePair(benchmark::State& state) { AllocFreePair(state, *g_cached); }
-void BM_SharedStack_AllocFreePair(benchmark::State& state) { AllocFreePair(state, *g_shared); }
-void BM_MutexFreeList_AllocFreePair(benchmark::State& state) { AllocFreePair(state, *g_mutex); }
-void BM_PageAllocator_Burst256(benchmark::State& state) { Burst256(state, *g_cached); }
-void BM_SharedStack_Burst256(benchmark::State& state) { Burst256(state, *g_shared); }
-void BM_MutexFreeList_Burst256(benchmark::State& state) { Burst256(state, *g_mutex); }
-void BM_PageAllocator_AllocateN(benchmark::State& state) { AllocateNRun(state, *g_cached); }
-void BM_SharedStack_AllocateN(benchmark::State& state) { AllocateNRun(state, *g_shared); }
-void BM_MutexFreeList_AllocateN(benchmark::State& state) { AllocateNRun(state, *g_mutex); }
+void BM_PageAllocator_AllocFreePair(benchmark::State& state) {
+  AllocFreePair(state, *g_cached);
+}
+void BM_SharedStack_AllocFreePair(benchmark::State& state) {
+  AllocFreePair(state, *g_shared);
+}
+void BM_MutexFreeList_AllocFreePair(benchmark::State& state) {
+  AllocFreePair(state, *g_mutex);
+}
+void BM_PageAllocator_Burst256(benchmark::State& state) {
+  Burst256(state, *g_cached);
+}
+void BM_SharedStack_Burst256(benchmark::State& state) {
+  Burst256(state, *g_shared);
+}
+void BM_MutexFreeList_Burst256(benchmark::State& state) {
+  Burst256(state, *g_mutex);
+}
+void BM_PageAllocator_AllocateN(benchmark::State& state) {
+  AllocateNRun(state, *g_cached);
+}
+void BM_SharedStack_AllocateN(benchmark::State& state) {
+  AllocateNRun(state, *g_shared);
+}
+void BM_MutexFreeList_AllocateN(benchmark::State& state) {
+  AllocateNRun(state, *g_mutex);
+}
 
 #define RPA_PAGE_BENCHMARK(name, set_up, tear_down) \
-  BENCHMARK(name)->Setup(set_up)->Teardown(tear_down)->Threads(1)->Threads(2)->UseRealTime()
+  BENCHMARK(name)                                   \
+      ->Setup(set_up)                               \
+      ->Teardown(tear_down)                         \
+      ->Threads(1)                                  \
+      ->Threads(2)                                  \
+      ->UseRealTime()
 
 RPA_PAGE_BENCHMARK(BM_PageAllocator_AllocFreePair, SetUpCached, TearDownCached);
 RPA_PAGE_BENCHMARK(BM_SharedStack_AllocFreePair, SetUpShared, TearDownShared);

@@ -1,19 +1,18 @@
 // Benchmarks of the runtime (executor, fibers, Channel) with their baselines
 // measured in the same run:
 //
-//   Boost.Context   raw fiber switch round trip (the floor for any fiber
-//   switch) Boost.Fiber     yield between two fibers; launch + join of an empty
-//   fiber io_uring        NOP submitted and reaped one at a time, and 32 per
-//   submit std threads     condition_variable ping-pong and wake-up of a parked
-//   thread;
-//                   1 us work units run by 2 plain threads (no executor)
+//   Boost.Context  raw fiber switch round trip (the floor of any switch)
+//   Boost.Fiber    yield between two fibers; launch + join of an empty fiber
+//   io_uring       NOP submitted and reaped one at a time, and 32 per submit
+//   std::thread    condition_variable ping-pong and wake-up of a parked
+//                  thread; 1 us work units on plain threads (no executor)
 //
 // Every row reports its figure as a counter in nanoseconds per operation
 // (ns_per_yield, ns_per_task, ...), measured on the wall clock; latency rows
-// report p50_ns / p99_ns over many samples. After the run, a markdown table
-// prints each rpa figure next to its baseline and the target of the runtime
-// issue, taking the best (minimum) repetition of each: the machine is shared,
-// so noise only ever adds time.
+// report p50_ns / p99_ns over many samples. After the run,
+// runtime_bench_report.cc prints each rpa figure next to its baseline and the
+// target of the runtime issue, taking the best (minimum) repetition of each:
+// the machine is shared, so noise only ever adds time.
 //
 // Run: rpa_runtime_bench [--rpa_summary_out=FILE] [benchmark flags]
 // Five repetitions are the default (--benchmark_repetitions=N overrides);
@@ -21,6 +20,7 @@
 
 #include <benchmark/benchmark.h>
 #include <liburing.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <array>
@@ -28,17 +28,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <cstdio>
-#include <fstream>
-#include <functional>
-#include <iostream>
 #include <limits>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -65,7 +58,13 @@ std::int64_t NowNs() {
       .count();
 }
 
-inline void CpuRelax() { __builtin_ia32_pause(); }
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
 
 // Wall-clock nanoseconds from construction; the benchmark's own timer is not
 // used for the counters because several loops run on a worker thread.
@@ -95,6 +94,13 @@ void SetLatencyCounters(benchmark::State& state,
   state.counters["p99_ns"] =
       static_cast<double>(samples_ns[std::min(n - 1, n * 99 / 100)]);
   state.counters["max_ns"] = static_cast<double>(samples_ns[n - 1]);
+}
+
+// The process's peak resident set so far (getrusage), in MiB.
+double MaxRssMb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024;
 }
 
 std::unique_ptr<Executor> MakeExecutor(benchmark::State& state,
@@ -197,7 +203,7 @@ BENCHMARK(BM_BoostFiber_LaunchJoin)->UseRealTime();
 
 // NOPs through a ring, `batch` per io_uring_submit_and_wait.
 void IoUringNops(benchmark::State& state, unsigned batch) {
-  io_uring ring;
+  io_uring ring{};
   if (int rc = io_uring_queue_init(64, &ring, 0); rc < 0) {
     state.SkipWithError("io_uring_queue_init failed");
     return;
@@ -338,7 +344,7 @@ BENCHMARK(BM_Executor_Yield)->UseRealTime();
 
 enum class SpawnFrom {
   kTask,         // Spawn + Join in a task (Join runs a pending task inline)
-  kTaskBatch64,  // 64 Spawns, Yield (the worker runs them), 64 Joins
+  kTaskBatch64,  // 64 Spawns, a Yield (queued tasks get a turn), 64 Joins
   kThread0,      // the caller's thread, num_workers == 0 (Join drives it)
   kThread1,      // a foreign thread, num_workers == 1 (Join blocks)
 };
@@ -348,6 +354,7 @@ void BM_Executor_SpawnJoin(benchmark::State& state, SpawnFrom from) {
       MakeExecutor(state, from == SpawnFrom::kThread0 ? 0 : 1);
   if (executor == nullptr) return;
   Executor& ex = *executor;
+  const double max_rss_before_mb = MaxRssMb();
   double elapsed_ns = 0;
   double tasks_per_iteration = 1;
   switch (from) {
@@ -389,6 +396,8 @@ void BM_Executor_SpawnJoin(benchmark::State& state, SpawnFrom from) {
     }
   }
   SetNsPerOp(state, "ns_per_task", elapsed_ns, tasks_per_iteration);
+  // Diagnostic: memory held by tasks that finished (should stay near 0).
+  state.counters["peak_rss_growth_mb"] = MaxRssMb() - max_rss_before_mb;
   ShutdownOrFail(state, ex);
 }
 BENCHMARK_CAPTURE(BM_Executor_SpawnJoin, in_task, SpawnFrom::kTask)
@@ -478,7 +487,9 @@ void BM_Executor_ForeignWakeup(benchmark::State& state) {
   std::unique_ptr<Executor> executor = MakeExecutor(state, 2);
   if (executor == nullptr) return;
   std::vector<std::int64_t> samples;
+  std::vector<std::int64_t> spawn_call_ns;  // diagnostic: the submitter's cost
   samples.reserve(kWakeupSamples);
+  spawn_call_ns.reserve(kWakeupSamples);
   const std::uint64_t parks_before = executor->Stats().parks;
   for (auto _ : state) {
     std::this_thread::sleep_for(kIdleGap);
@@ -486,6 +497,7 @@ void BM_Executor_ForeignWakeup(benchmark::State& state) {
     const std::int64_t submit_ns = NowNs();
     JoinHandle<void> handle =
         executor->Spawn([&started_ns] { started_ns = NowNs(); });
+    spawn_call_ns.push_back(NowNs() - submit_ns);
     RPA_CHECK(handle.Join().ok());
     samples.push_back(started_ns - submit_ns);
     state.SetIterationTime(static_cast<double>(samples.back()) * 1e-9);
@@ -493,6 +505,11 @@ void BM_Executor_ForeignWakeup(benchmark::State& state) {
   state.counters["parks_per_sample"] =
       static_cast<double>(executor->Stats().parks - parks_before) /
       static_cast<double>(std::max<std::size_t>(1, samples.size()));
+  std::sort(spawn_call_ns.begin(), spawn_call_ns.end());
+  if (!spawn_call_ns.empty()) {
+    state.counters["p50_spawn_call_ns"] =
+        static_cast<double>(spawn_call_ns[spawn_call_ns.size() / 2]);
+  }
   SetLatencyCounters(state, std::move(samples));
   ShutdownOrFail(state, *executor);
 }
@@ -510,7 +527,7 @@ std::uint64_t Spin(std::uint64_t iterations, std::uint64_t seed) {
 
 // Spin() iterations that take about 1 us on this machine (best of 20 probes).
 std::uint64_t SpinIterationsPerMicrosecond() {
-  static const std::uint64_t iterations = [] {
+  static const std::uint64_t kIterations = [] {
     constexpr std::uint64_t kProbe = 1'000'000;
     std::int64_t best_ns = std::numeric_limits<std::int64_t>::max();
     for (std::uint64_t trial = 0; trial < 20; ++trial) {
@@ -521,36 +538,40 @@ std::uint64_t SpinIterationsPerMicrosecond() {
     return std::max<std::uint64_t>(
         1, kProbe * 1000 / static_cast<std::uint64_t>(best_ns));
   }();
-  return iterations;
+  return kIterations;
 }
 
 constexpr int kOverheadTasks = 20'000;  // of ~1 us each: ~10 ms on 2 cores
 
-// The baseline: 2 plain threads, each running half of the work units in a
-// loop; wall time from the start signal to the later of the two ends.
-double RunOnPlainThreads(std::uint64_t spins) {
+// The baseline: `num_threads` plain threads, each running its share of the
+// work units in a loop; wall time from the start signal to the last end.
+double RunOnPlainThreads(std::uint64_t spins, int num_threads) {
   std::atomic<bool> go{false};
-  std::atomic<std::int64_t> end_ns[2] = {0, 0};
-  auto work = [&](int index) {
-    while (!go.load(std::memory_order_acquire)) CpuRelax();
-    for (int i = 0; i < kOverheadTasks / 2; ++i) {
-      benchmark::DoNotOptimize(Spin(spins, static_cast<std::uint64_t>(i)));
-    }
-    end_ns[index].store(NowNs(), std::memory_order_release);
-  };
-  std::thread a(work, 0);
-  std::thread b(work, 1);
-  std::this_thread::sleep_for(microseconds(200));  // both are spinning on `go`
+  std::atomic<std::int64_t> last_end_ns{0};
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(num_threads));
+  for (int t = 0; t < num_threads; ++t) {
+    threads.emplace_back([&] {
+      while (!go.load(std::memory_order_acquire)) CpuRelax();
+      for (int i = 0; i < kOverheadTasks / num_threads; ++i) {
+        benchmark::DoNotOptimize(Spin(spins, static_cast<std::uint64_t>(i)));
+      }
+      const std::int64_t end_ns = NowNs();
+      std::int64_t seen = last_end_ns.load();
+      while (seen < end_ns &&
+             !last_end_ns.compare_exchange_weak(seen, end_ns)) {
+      }
+    });
+  }
+  std::this_thread::sleep_for(microseconds(200));  // all spin on `go`
   const std::int64_t start_ns = NowNs();
   go.store(true, std::memory_order_release);
-  a.join();
-  b.join();
-  return static_cast<double>(std::max(end_ns[0].load(), end_ns[1].load()) -
-                             start_ns);
+  for (std::thread& thread : threads) thread.join();
+  return static_cast<double>(last_end_ns.load() - start_ns);
 }
 
 // The same units as tasks: a root task spawns them all, then joins them (its
-// Joins run pending tasks inline while the other worker steals).
+// Joins run pending tasks inline while another worker steals).
 double RunOnExecutor(Executor& executor, std::uint64_t spins) {
   double elapsed_ns = 0;
   RunInTask(executor, [&] {
@@ -568,240 +589,43 @@ double RunOnExecutor(Executor& executor, std::uint64_t spins) {
   return elapsed_ns;
 }
 
-// One iteration: the plain-thread baseline, then the executor, alternating so
-// both see the same machine; each side keeps its best (least disturbed) time.
+// Argument: workers (and plain threads). 2 is the issue's target; 1 splits
+// the per-task cost from the cross-worker (stealing) cost. One iteration:
+// the plain baseline, then the executor, alternating so both see the same
+// machine; each side keeps its best (least disturbed) time.
 void BM_Executor_Overhead1us(benchmark::State& state) {
+  const int num_workers = static_cast<int>(state.range(0));
   const std::uint64_t spins = SpinIterationsPerMicrosecond();
-  std::unique_ptr<Executor> executor = MakeExecutor(state, 2);
+  std::unique_ptr<Executor> executor = MakeExecutor(state, num_workers);
   if (executor == nullptr) return;
   double best_plain_ns = std::numeric_limits<double>::infinity();
   double best_executor_ns = std::numeric_limits<double>::infinity();
   const std::uint64_t steals_before = executor->Stats().steals;
   for (auto _ : state) {
-    best_plain_ns = std::min(best_plain_ns, RunOnPlainThreads(spins));
+    best_plain_ns =
+        std::min(best_plain_ns, RunOnPlainThreads(spins, num_workers));
     best_executor_ns =
         std::min(best_executor_ns, RunOnExecutor(*executor, spins));
   }
-  state.counters["work_ns_per_task"] = best_plain_ns * 2 / kOverheadTasks;
-  state.counters["plain_ns_per_task"] = best_plain_ns / kOverheadTasks;
-  state.counters["executor_ns_per_task"] = best_executor_ns / kOverheadTasks;
+  // One unit's duration on a plain thread, and the worker time each task
+  // costs beyond it.
+  state.counters["work_ns_per_task"] =
+      best_plain_ns * num_workers / kOverheadTasks;
+  state.counters["extra_cpu_ns_per_task"] =
+      (best_executor_ns - best_plain_ns) * num_workers / kOverheadTasks;
   state.counters["overhead_pct"] = (best_executor_ns / best_plain_ns - 1) * 100;
-  state.counters["steals_per_run"] =
+  state.counters["steals_per_task"] =
       static_cast<double>(executor->Stats().steals - steals_before) /
-      static_cast<double>(state.iterations());
+      (static_cast<double>(state.iterations()) * kOverheadTasks);
   ShutdownOrFail(state, *executor);
 }
 BENCHMARK(BM_Executor_Overhead1us)
+    ->ArgName("workers")
+    ->Arg(2)
+    ->Arg(1)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(25);
 
-// ---------------------------------------------------------------------------
-// Summary: the issue's table, from the best repetition of each counter.
-
-// Forwards to the console and keeps the minimum of every counter per
-// benchmark over its repetitions.
-class SummaryReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
-      for (const auto& [name, counter] : run.counters) {
-        auto [it, inserted] =
-            best_[run.run_name.function_name].emplace(name, counter.value);
-        if (!inserted) it->second = std::min(it->second, counter.value);
-      }
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-
-  std::optional<double> Best(const std::string& benchmark,
-                             const std::string& counter) const {
-    auto row = best_.find(benchmark);
-    if (row == best_.end()) return std::nullopt;
-    auto value = row->second.find(counter);
-    if (value == row->second.end()) return std::nullopt;
-    return value->second;
-  }
-
- private:
-  std::map<std::string, std::map<std::string, double>> best_;
-};
-
-std::string Format(std::optional<double> value, const std::string& unit) {
-  if (!value) return "n/a";
-  double shown = *value;
-  std::string shown_unit = unit;
-  if (unit == "ns" && shown >= 10'000) {
-    shown /= 1000;
-    shown_unit = "us";
-  }
-  char text[64];
-  std::snprintf(text, sizeof(text), shown >= 100 ? "%.0f" : "%.1f", shown);
-  return shown_unit.empty() ? text : std::string(text) + " " + shown_unit;
-}
-
-std::string CpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.rfind("model name", 0) == 0)
-      return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-
-std::string Summary(const SummaryReporter& r) {
-  std::ostringstream out;
-  auto verdict = [](std::optional<double> value, double limit,
-                    const char* unit) -> std::string {
-    if (!value) return "n/a";
-    if (*value <= limit) return "pass";
-    std::string miss = "MISS by " + Format(*value - limit, unit);
-    if (std::string(unit) == "ns")
-      miss += " (" + Format(*value / limit, "") + "x the target)";
-    return miss;
-  };
-  auto row = [&out](const std::string& what, const std::string& ours,
-                    const std::string& base, const std::string& target,
-                    const std::string& result) {
-    out << "| " << what << " | " << ours << " | " << base << " | " << target
-        << " | " << result << " |\n";
-  };
-  const auto ctx_rt =
-      r.Best("BM_BoostContext_SwitchRoundTrip", "ns_per_round_trip");
-  const auto bf_yield = r.Best("BM_BoostFiber_Yield", "ns_per_yield");
-  const auto bf_join = r.Best("BM_BoostFiber_LaunchJoin", "ns_per_task");
-  const auto nop = r.Best("BM_IoUring_Nop", "ns_per_nop");
-  const auto nop32 = r.Best("BM_IoUring_NopBatched", "ns_per_nop");
-  const auto cv = r.Best("BM_CondVar_HandOff", "ns_per_handoff");
-  const auto yield = r.Best("BM_Executor_Yield", "ns_per_yield");
-  const auto spawn = r.Best("BM_Executor_SpawnJoin/in_task", "ns_per_task");
-  const auto spawn64 =
-      r.Best("BM_Executor_SpawnJoin/batch64_in_task", "ns_per_task");
-  const auto spawn_t0 =
-      r.Best("BM_Executor_SpawnJoin/from_thread_0_workers", "ns_per_task");
-  const auto spawn_t1 =
-      r.Best("BM_Executor_SpawnJoin/from_thread_1_worker", "ns_per_task");
-  const auto ping =
-      r.Best("BM_Channel_CrossWorkerHandOff/ping_pong", "ns_per_handoff");
-  const auto stream =
-      r.Best("BM_Channel_CrossWorkerHandOff/stream", "ns_per_item");
-  const std::string kCvWake = "BM_CondVar_ForeignWakeup";
-  const std::string kWake = "BM_Executor_ForeignWakeup";
-  const auto overhead = r.Best("BM_Executor_Overhead1us", "overhead_pct");
-  const auto plain_task =
-      r.Best("BM_Executor_Overhead1us", "plain_ns_per_task");
-  const auto work_task = r.Best("BM_Executor_Overhead1us", "work_ns_per_task");
-
-  // "12 ns (5.9x faster than Boost.Fiber)"
-  auto versus = [](std::optional<double> ours, std::optional<double> base,
-                   const char* unit, const char* base_name) -> std::string {
-    std::string text = Format(ours, unit);
-    if (ours && base && *ours > 0) {
-      const double ratio = *base / *ours;
-      text += " (" + Format(ratio >= 1 ? ratio : 1 / ratio, "") + "x " +
-              (ratio >= 1 ? "faster" : "slower") + " than " + base_name + ")";
-    }
-    return text;
-  };
-  const double spawn_limit = bf_join ? std::min(120.0, *bf_join / 3) : 120.0;
-  out << "| Measurement | rpa | Baseline (same run) | Target | Result |\n"
-      << "|---|---|---|---|---|\n";
-  row("Yield between two fibers, one worker (per yield)",
-      versus(yield, bf_yield, "ns", "Boost.Fiber"),
-      "Boost.Fiber yield " + Format(bf_yield, "ns") +
-          "; Boost.Context round trip " + Format(ctx_rt, "ns"),
-      "<= 25 ns", verdict(yield, 25, "ns"));
-  row("Spawn+run+join, empty task, in a task",
-      versus(spawn, bf_join, "ns", "Boost.Fiber"),
-      "Boost.Fiber launch+join " + Format(bf_join, "ns"),
-      "<= 120 ns and <= 1/3 of Boost.Fiber (" + Format(spawn_limit, "ns") + ")",
-      verdict(spawn, spawn_limit, "ns"));
-  row("Spawn+run+join, 64 spawned then joined, in a task (per task)",
-      versus(spawn64, bf_join, "ns", "Boost.Fiber"),
-      "Boost.Fiber launch+join " + Format(bf_join, "ns"),
-      "(same) " + Format(spawn_limit, "ns"),
-      verdict(spawn64, spawn_limit, "ns"));
-  row("Spawn+join from the caller's thread, 0 workers (Join drives)",
-      Format(spawn_t0, "ns"),
-      "Boost.Fiber launch+join " + Format(bf_join, "ns"), "(reported)", "-");
-  row("Spawn+join from a foreign thread, 1 worker (Join blocks)",
-      Format(spawn_t1, "ns"),
-      "condvar hand-off x2 " +
-          Format(cv ? std::optional<double>(*cv * 2) : std::nullopt, "ns"),
-      "(reported)", "-");
-  row("Cross-worker hand-off through a Channel, ping-pong (per hand-off)",
-      versus(ping, cv, "ns", "condvar"), "condvar hand-off " + Format(cv, "ns"),
-      "<= 1 us", verdict(ping, 1000, "ns"));
-  row("Cross-worker Channel stream, capacity 64 (per value)",
-      Format(stream, "ns"), "condvar hand-off " + Format(cv, "ns"),
-      "(reported)", "-");
-  row("Wake-up of a parked executor by a foreign thread, p50",
-      Format(r.Best(kWake, "p50_ns"), "ns"),
-      "condvar wake-up p50 " + Format(r.Best(kCvWake, "p50_ns"), "ns"),
-      "reported", "-");
-  row("Wake-up of a parked executor by a foreign thread, p99",
-      Format(r.Best(kWake, "p99_ns"), "ns"),
-      "condvar wake-up p99 " + Format(r.Best(kCvWake, "p99_ns"), "ns"),
-      "reported", "-");
-  row("Executor overhead, 1 us tasks on 2 workers", Format(overhead, "%"),
-      "2 plain threads: " + Format(plain_task, "ns") + " per task (work " +
-          Format(work_task, "ns") + ")",
-      "< 5 %", verdict(overhead, 5, "%"));
-  row("io_uring NOP, one per submit (baseline only)", "-", Format(nop, "ns"),
-      "-", "-");
-  row("io_uring NOP, 32 per submit (baseline only)", "-", Format(nop32, "ns"),
-      "-", "-");
-  out << "\nBest of the repetitions for each figure. Machine: " << CpuModel()
-      << ", " << std::thread::hardware_concurrency() << " CPUs. Compiler: gcc "
-      << __VERSION__
-#ifdef NDEBUG
-      << ", NDEBUG (release)"
-#else
-      << ", assertions on (NOT a release build)"
-#endif
-      << ".\n";
-  return out.str();
-}
-
 }  // namespace
 }  // namespace rpa::runtime
-
-int main(int argc, char** argv) {
-  // Our flag, then the benchmark's, with five repetitions unless asked
-  // otherwise.
-  std::string summary_path;
-  std::vector<char*> args;
-  bool has_repetitions = false;
-  const std::string kSummaryFlag = "--rpa_summary_out=";
-  for (int i = 0; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind(kSummaryFlag, 0) == 0) {
-      summary_path = arg.substr(kSummaryFlag.size());
-      continue;
-    }
-    if (arg.rfind("--benchmark_repetitions", 0) == 0) has_repetitions = true;
-    args.push_back(argv[i]);
-  }
-  std::string repetitions = "--benchmark_repetitions=5";
-  if (!has_repetitions) args.push_back(repetitions.data());
-  int args_count = static_cast<int>(args.size());
-  benchmark::Initialize(&args_count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(args_count, args.data())) return 1;
-
-  rpa::runtime::SummaryReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-
-  const std::string summary = rpa::runtime::Summary(reporter);
-  std::cout << "\n" << summary;
-  if (!summary_path.empty()) {
-    std::ofstream file(summary_path);
-    file << summary;
-    if (!file) {
-      std::cerr << "cannot write " << summary_path << "\n";
-      return 1;
-    }
-  }
-  return 0;
-}

@@ -3,16 +3,20 @@
 // memory_fuzz.h for the programs).
 //
 // Input layout (missing bytes read as zero, so every input is valid):
-//   byte 0  allocator: bits 0-5 num_pages - 1 (1..64), bits 6-7 thread_cache_pages {0,2,4,8}
-//   byte 1  allocator: bits 0-1 max_thread_caches {1,2,64,64}, bit 2 page memory (ASan
-//           poisoning), bit 3 two planes, bit 4 probe bad options/configs of both Creates
-//   byte 2  cache: bits 0-2 page_size_tokens - 1 (1..8), bits 3-4 num_layers (1..3),
+//   byte 0  allocator: bits 0-5 num_pages - 1 (1..64), bits 6-7
+//   thread_cache_pages {0,2,4,8} byte 1  allocator: bits 0-1 max_thread_caches
+//   {1,2,64,64}, bit 2 page memory (ASan
+//           poisoning), bit 3 two planes, bit 4 probe bad options/configs of
+//           both Creates
+//   byte 2  cache: bits 0-2 page_size_tokens - 1 (1..8), bits 3-4 num_layers
+//   (1..3),
 //           bits 5-6 storage {f32,f16,bf16,f32}, bit 7 num_kv_heads - 1 (1..2)
 //   byte 3  cache: bits 0-5 num_pages - 1 (1..64), bits 6-7 head_dim {2,4,8,8}
-//   byte 4  cache: bits 0-2 max_sequences - 1 (1..8); allocator: bit 3 the helper thread
+//   byte 4  cache: bits 0-2 max_sequences - 1 (1..8); allocator: bit 3 the
+//   helper thread
 //           exits after the allocator is destroyed
-//   then up to kMaxOps ops: an op byte (bit 7 set: cache op, else allocator op) and the
-//   operand bytes that op reads.
+//   then up to kMaxOps ops: an op byte (bit 7 set: cache op, else allocator op)
+//   and the operand bytes that op reads.
 #include "memory_fuzz.h"
 
 #include <cstdarg>
@@ -52,7 +56,8 @@ void Trace(const char* format, ...) {
 }
 
 void Fail(const char* format, ...) {
-  std::fprintf(stderr, "\nmemory_fuzz: INVARIANT VIOLATED at op %d: %s\n  ", g_step, g_op);
+  std::fprintf(stderr, "\nmemory_fuzz: INVARIANT VIOLATED at op %d: %s\n  ",
+               g_step, g_op);
   va_list args;
   va_start(args, format);
   std::vfprintf(stderr, format, args);
@@ -69,10 +74,12 @@ void ExpectCode(const Status& status, const char* what, StatusCode code) {
   }
 }
 
-void ExpectCode(const Status& status, const char* what, StatusCode code1, StatusCode code2) {
+void ExpectCode(const Status& status, const char* what, StatusCode code1,
+                StatusCode code2) {
   if (status.code() != code1 && status.code() != code2) {
     Fail("%s returned %s, expected %s or %s", what, status.ToString().c_str(),
-         std::string(StatusCodeName(code1)).c_str(), std::string(StatusCodeName(code2)).c_str());
+         std::string(StatusCodeName(code1)).c_str(),
+         std::string(StatusCodeName(code2)).c_str());
   }
 }
 
@@ -128,7 +135,8 @@ bool IsPoisoned(const void* address) {
 
 bool RegionHasPoison(const void* address, std::size_t bytes) {
 #if RPA_HAS_ASAN
-  return __asan_region_is_poisoned(const_cast<void*>(address), bytes) != nullptr;
+  return __asan_region_is_poisoned(const_cast<void*>(address), bytes) !=
+         nullptr;
 #else
   (void)address;
   (void)bytes;
@@ -138,7 +146,8 @@ bool RegionHasPoison(const void* address, std::size_t bytes) {
 
 }  // namespace rpa::memory::fuzz
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
+                                      std::size_t size) {
   namespace fz = rpa::memory::fuzz;
   using rpa::memory::StorageType;
   fz::ByteReader in(data, size);
@@ -154,8 +163,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   allocator_config.num_planes = (header[1] & 8u) != 0 ? 2 : 1;
   const bool probe_bad_configs = (header[1] & 16u) != 0;
 
-  constexpr StorageType kStorage[4] = {StorageType::kF32, StorageType::kF16, StorageType::kBf16,
-                                       StorageType::kF32};
+  constexpr StorageType kStorage[4] = {StorageType::kF32, StorageType::kF16,
+                                       StorageType::kBf16, StorageType::kF32};
   constexpr std::uint32_t kLayers[4] = {1, 2, 3, 1};
   constexpr std::uint32_t kHeadDim[4] = {2, 4, 8, 8};
   rpa::memory::KvCacheConfig cache_config;
@@ -170,14 +179,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   fz::g_step = -1;
   fz::Trace(
-      "setup: allocator num_pages %u thread_cache_pages %u max_thread_caches %u memory %d "
-      "planes %u; cache num_pages %u page_size_tokens %u num_layers %u storage %u "
+      "setup: allocator num_pages %u thread_cache_pages %u max_thread_caches "
+      "%u memory %d "
+      "planes %u; cache num_pages %u page_size_tokens %u num_layers %u storage "
+      "%u "
       "num_kv_heads %u head_dim %u max_sequences %u",
       allocator_config.num_pages, allocator_config.thread_cache_pages,
       allocator_config.max_thread_caches, allocator_config.with_memory ? 1 : 0,
-      allocator_config.num_planes, cache_config.num_pages, cache_config.page_size_tokens,
-      cache_config.num_layers, static_cast<unsigned>(cache_config.storage),
-      cache_config.num_kv_heads, cache_config.head_dim, cache_config.max_sequences);
+      allocator_config.num_planes, cache_config.num_pages,
+      cache_config.page_size_tokens, cache_config.num_layers,
+      static_cast<unsigned>(cache_config.storage), cache_config.num_kv_heads,
+      cache_config.head_dim, cache_config.max_sequences);
   if (probe_bad_configs) {
     fz::AllocatorProgram::ProbeBadOptions();
     fz::KvCacheProgram::ProbeBadConfigs(cache_config);

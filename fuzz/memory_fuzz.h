@@ -48,7 +48,8 @@ namespace rpa::memory::fuzz {
 // byte string is a valid program.
 class ByteReader {
  public:
-  ByteReader(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  ByteReader(const std::uint8_t* data, std::size_t size)
+      : data_(data), size_(size) {}
 
   bool empty() const { return pos_ >= size_; }
   std::uint8_t U8() { return pos_ < size_ ? data_[pos_++] : std::uint8_t{0}; }
@@ -80,16 +81,20 @@ class ByteReader {
 void Trace(const char* format, ...) __attribute__((format(printf, 1, 2)));
 
 // Prints the current op and the message to stderr, then aborts.
-[[noreturn]] void Fail(const char* format, ...) __attribute__((format(printf, 1, 2)));
+[[noreturn]] void Fail(const char* format, ...)
+    __attribute__((format(printf, 1, 2)));
 
 // Fails unless `status` has one of the codes; `what` names the call.
 void ExpectCode(const Status& status, const char* what, StatusCode code);
-void ExpectCode(const Status& status, const char* what, StatusCode code1, StatusCode code2);
+void ExpectCode(const Status& status, const char* what, StatusCode code1,
+                StatusCode code2);
 
 // A 32-bit mixer (murmur3's finalizer), for content signatures.
 std::uint32_t Mix32(std::uint32_t x);
 
-inline unsigned long long IdBits(SequenceId id) { return static_cast<unsigned long long>(id); }
+inline unsigned long long IdBits(SequenceId id) {
+  return static_cast<unsigned long long>(id);
+}
 
 // ASan shadow queries; false / nullptr without ASan.
 bool IsPoisoned(const void* address);
@@ -150,7 +155,8 @@ class AllocatorProgram {
   };
   Snapshot Take() const;
   void ExpectUnchanged(const Snapshot& before, const char* what) const;
-  void ExpectRejected(const Status& status, const Snapshot& before, const char* what) const;
+  void ExpectRejected(const Status& status, const Snapshot& before,
+                      const char* what) const;
 
   void Allocate();
   void AllocateN(std::uint32_t count);
@@ -210,7 +216,8 @@ class KvCacheProgram {
   Snapshot Take() const;
   void ExpectUnchanged(const Snapshot& before, const char* what) const;
   // Every table but live_[skip] is as in `before` (live_ indices as then).
-  void ExpectTablesUnchanged(const Snapshot& before, std::size_t skip, const char* what) const;
+  void ExpectTablesUnchanged(const Snapshot& before, std::size_t skip,
+                             const char* what) const;
   std::vector<PageId> Table(std::size_t index) const;
 
   void CreateSequence();
@@ -221,9 +228,11 @@ class KvCacheProgram {
   void BadIdOp(SequenceId id, std::uint8_t which, bool stale);
   void ExportGood(ByteReader& in);
   void ExportBad(ByteReader& in);
-  void CheckExport(std::span<const std::size_t> indices, std::uint32_t pages_per_sequence,
+  void CheckExport(std::span<const std::size_t> indices,
+                   std::uint32_t pages_per_sequence,
                    const BatchPageTable& out) const;
-  void WriteTokens(const Sequence& seq, std::span<const PageId> table, std::uint32_t from_token);
+  void WriteTokens(const Sequence& seq, std::span<const PageId> table,
+                   std::uint32_t from_token);
   void CheckContents(const Sequence& seq, std::span<const PageId> table) const;
   bool IsLive(SequenceId id) const;
   std::uint32_t PagesFor(std::uint64_t num_tokens) const;

@@ -15,7 +15,7 @@
 namespace rpa::memory::fuzz {
 namespace {
 
-constexpr std::size_t kPageBytes = 64;      // a multiple of ASan's 8-byte granule
+constexpr std::size_t kPageBytes = 64;  // a multiple of ASan's 8-byte granule
 constexpr std::size_t kPlaneGapBytes = 64;  // between planes; never poisoned
 constexpr std::uint32_t kInvalidPage = 0xffffffffu;
 
@@ -38,7 +38,8 @@ std::uint64_t Mix(std::uint64_t x) {
 
 }  // namespace
 
-AllocatorProgram::AllocatorProgram(const AllocatorConfig& config) : config_(config) {
+AllocatorProgram::AllocatorProgram(const AllocatorConfig& config)
+    : config_(config) {
   PageAllocatorOptions options;
   options.num_pages = config.num_pages;
   options.thread_cache_pages = config.thread_cache_pages;
@@ -46,7 +47,8 @@ AllocatorProgram::AllocatorProgram(const AllocatorConfig& config) : config_(conf
   if (config.with_memory) {
     page_bytes_ = kPageBytes;
     plane_stride_bytes_ = config.num_pages * kPageBytes + kPlaneGapBytes;
-    memory_.assign(plane_stride_bytes_ * config.num_planes / sizeof(std::uint64_t), 0);
+    memory_.assign(
+        plane_stride_bytes_ * config.num_planes / sizeof(std::uint64_t), 0);
     options.memory.base = reinterpret_cast<std::byte*>(memory_.data());
     options.memory.page_bytes = page_bytes_;
     options.memory.num_planes = config.num_planes;
@@ -55,7 +57,8 @@ AllocatorProgram::AllocatorProgram(const AllocatorConfig& config) : config_(conf
   auto created = PageAllocator::Create(options);
   if (!created.ok()) {
     Fail(
-        "PageAllocator::Create(num_pages %u, thread_cache_pages %u, max_thread_caches %u) "
+        "PageAllocator::Create(num_pages %u, thread_cache_pages %u, "
+        "max_thread_caches %u) "
         "failed: %s",
         config.num_pages, config.thread_cache_pages, config.max_thread_caches,
         created.status().ToString().c_str());
@@ -71,7 +74,8 @@ AllocatorProgram::~AllocatorProgram() {
   allocator_.reset();
   helper_.reset();
   // Leave the buffer usable for the heap whatever the allocator did to it.
-  if (!memory_.empty()) RPA_ASAN_UNPOISON(memory_.data(), memory_.size() * sizeof(std::uint64_t));
+  if (!memory_.empty())
+    RPA_ASAN_UNPOISON(memory_.data(), memory_.size() * sizeof(std::uint64_t));
 }
 
 void AllocatorProgram::ProbeBadOptions() {
@@ -97,7 +101,8 @@ void AllocatorProgram::ProbeBadOptions() {
 }
 
 std::byte* AllocatorProgram::PageStart(PageId page, std::uint32_t plane) const {
-  auto* base = reinterpret_cast<std::byte*>(const_cast<std::uint64_t*>(memory_.data()));
+  auto* base =
+      reinterpret_cast<std::byte*>(const_cast<std::uint64_t*>(memory_.data()));
   return base + plane * plane_stride_bytes_ + PageIndex(page) * page_bytes_;
 }
 
@@ -143,14 +148,16 @@ void AllocatorProgram::Step(ByteReader& in, std::uint8_t op) {
       break;
     case 3: {  // free an allocated page (or, with none, a free one: rejected)
       const std::vector<std::uint32_t> ids = AllocatedIds();
-      FreeOne(ids.empty() ? in.Below(config_.num_pages)
-                          : ids[in.Below(static_cast<std::uint32_t>(ids.size()))]);
+      FreeOne(ids.empty()
+                  ? in.Below(config_.num_pages)
+                  : ids[in.Below(static_cast<std::uint32_t>(ids.size()))]);
       break;
     }
     case 4: {  // double free / never allocated
       const std::vector<std::uint32_t> ids = FreeIds();
-      FreeOne(ids.empty() ? OutOfRangeId(in)
-                          : ids[in.Below(static_cast<std::uint32_t>(ids.size()))]);
+      FreeOne(ids.empty()
+                  ? OutOfRangeId(in)
+                  : ids[in.Below(static_cast<std::uint32_t>(ids.size()))]);
       break;
     }
     case 5:
@@ -161,9 +168,11 @@ void AllocatorProgram::Step(ByteReader& in, std::uint8_t op) {
       std::vector<std::uint32_t> ids = AllocatedIds();
       const auto size = static_cast<std::uint32_t>(ids.size());
       const std::uint32_t count = in.Below(size + 1);
-      for (std::uint32_t i = 0; i < count; ++i) std::swap(ids[i], ids[i + in.Below(size - i)]);
+      for (std::uint32_t i = 0; i < count; ++i)
+        std::swap(ids[i], ids[i + in.Below(size - i)]);
       std::vector<PageId> pages;
-      for (std::uint32_t i = 0; i < count; ++i) pages.push_back(MakePageId(ids[i]));
+      for (std::uint32_t i = 0; i < count; ++i)
+        pages.push_back(MakePageId(ids[i]));
       if (op % 12 == 7) {
         std::uint32_t bad = 0;
         const std::uint8_t kind = in.U8() % 3;
@@ -184,7 +193,8 @@ void AllocatorProgram::Step(ByteReader& in, std::uint8_t op) {
     case 8: {  // FreeN of everything, in an input-chosen order
       std::vector<std::uint32_t> ids = AllocatedIds();
       const auto size = static_cast<std::uint32_t>(ids.size());
-      for (std::uint32_t i = 0; i + 1 < size; ++i) std::swap(ids[i], ids[i + in.Below(size - i)]);
+      for (std::uint32_t i = 0; i + 1 < size; ++i)
+        std::swap(ids[i], ids[i + in.Below(size - i)]);
       std::vector<PageId> pages;
       for (std::uint32_t id : ids) pages.push_back(MakePageId(id));
       FreeMany(std::move(pages));
@@ -224,27 +234,32 @@ AllocatorProgram::Snapshot AllocatorProgram::Take() const {
 }
 
 RPA_FUZZ_NO_COVERAGE
-void AllocatorProgram::ExpectUnchanged(const Snapshot& before, const char* what) const {
+void AllocatorProgram::ExpectUnchanged(const Snapshot& before,
+                                       const char* what) const {
   const Snapshot after = Take();
   const PageAllocatorStats& a = before.stats;
   const PageAllocatorStats& b = after.stats;
   // With two threads high water is sampled; CheckInvariants bounds it.
-  const bool high_water_changed = !multi_thread_ && a.high_water_pages != b.high_water_pages;
-  if (a.num_pages != b.num_pages || a.free_pages != b.free_pages || a.used_pages != b.used_pages ||
-      high_water_changed) {
-    Fail("%s failed but changed Stats: free %u -> %u, used %u -> %u, high water %u -> %u", what,
-         a.free_pages, b.free_pages, a.used_pages, b.used_pages, a.high_water_pages,
-         b.high_water_pages);
+  const bool high_water_changed =
+      !multi_thread_ && a.high_water_pages != b.high_water_pages;
+  if (a.num_pages != b.num_pages || a.free_pages != b.free_pages ||
+      a.used_pages != b.used_pages || high_water_changed) {
+    Fail(
+        "%s failed but changed Stats: free %u -> %u, used %u -> %u, high water "
+        "%u -> %u",
+        what, a.free_pages, b.free_pages, a.used_pages, b.used_pages,
+        a.high_water_pages, b.high_water_pages);
   }
   for (std::uint32_t i = 0; i < config_.num_pages; ++i) {
     if (before.allocated[i] != after.allocated[i]) {
-      Fail("%s failed but IsAllocated(page %u) changed %d -> %d", what, i, before.allocated[i],
-           after.allocated[i]);
+      Fail("%s failed but IsAllocated(page %u) changed %d -> %d", what, i,
+           before.allocated[i], after.allocated[i]);
     }
   }
 }
 
-void AllocatorProgram::ExpectRejected(const Status& status, const Snapshot& before,
+void AllocatorProgram::ExpectRejected(const Status& status,
+                                      const Snapshot& before,
                                       const char* what) const {
   ExpectCode(status, what, StatusCode::kInvalidArgument);
   ExpectUnchanged(before, what);
@@ -256,17 +271,21 @@ void AllocatorProgram::Allocate() {
   if (free_pages == 0) {
     const Snapshot before = Take();
     const std::optional<PageId> page = allocator_->Allocate();
-    if (page.has_value()) Fail("Allocate returned page %u with no page free", PageIndex(*page));
+    if (page.has_value())
+      Fail("Allocate returned page %u with no page free", PageIndex(*page));
     ExpectUnchanged(before, "Allocate");
     return;
   }
   const std::optional<PageId> page = allocator_->Allocate();
-  if (!page.has_value()) Fail("Allocate returned nullopt with %u pages free", free_pages);
+  if (!page.has_value())
+    Fail("Allocate returned nullopt with %u pages free", free_pages);
   if (PageIndex(*page) >= config_.num_pages) {
-    Fail("Allocate returned page %u >= num_pages %u", PageIndex(*page), config_.num_pages);
+    Fail("Allocate returned page %u >= num_pages %u", PageIndex(*page),
+         config_.num_pages);
   }
   if (allocated_[PageIndex(*page)] != 0) {
-    Fail("Allocate returned page %u, which is already allocated", PageIndex(*page));
+    Fail("Allocate returned page %u, which is already allocated",
+         PageIndex(*page));
   }
   OnAllocated(*page);
 }
@@ -279,7 +298,8 @@ void AllocatorProgram::AllocateN(std::uint32_t count) {
   const Snapshot before = expect_ok ? Snapshot{} : Take();
   const bool ok = allocator_->AllocateN(pages);
   if (ok != expect_ok) {
-    Fail("AllocateN(%u) returned %s with %u pages free", count, ok ? "true" : "false", free_pages);
+    Fail("AllocateN(%u) returned %s with %u pages free", count,
+         ok ? "true" : "false", free_pages);
   }
   if (!ok) {
     ExpectUnchanged(before, "AllocateN");
@@ -287,20 +307,22 @@ void AllocatorProgram::AllocateN(std::uint32_t count) {
   }
   for (PageId page : pages) {
     if (PageIndex(page) >= config_.num_pages) {
-      Fail("AllocateN(%u) returned page %u >= num_pages %u", count, PageIndex(page),
-           config_.num_pages);
+      Fail("AllocateN(%u) returned page %u >= num_pages %u", count,
+           PageIndex(page), config_.num_pages);
     }
     if (allocated_[PageIndex(page)] != 0) {
-      Fail("AllocateN(%u) returned page %u twice or while it was allocated", count,
-           PageIndex(page));
+      Fail("AllocateN(%u) returned page %u twice or while it was allocated",
+           count, PageIndex(page));
     }
     OnAllocated(page);
   }
 }
 
 void AllocatorProgram::FreeOne(std::uint32_t page_index) {
-  const bool good = page_index < config_.num_pages && allocated_[page_index] != 0;
-  Trace("allocator Free(%u) (model: %s)", page_index, good ? "allocated" : "bad id");
+  const bool good =
+      page_index < config_.num_pages && allocated_[page_index] != 0;
+  Trace("allocator Free(%u) (model: %s)", page_index,
+        good ? "allocated" : "bad id");
   const PageId page = MakePageId(page_index);
   const Snapshot before = good ? Snapshot{} : Take();
   if (good) OnFreeing(page);
@@ -320,14 +342,16 @@ void AllocatorProgram::FreeMany(std::vector<PageId> pages) {
   std::vector<std::uint8_t> seen(config_.num_pages, 0);
   for (PageId page : pages) {
     const std::uint32_t index = PageIndex(page);
-    if (index >= config_.num_pages || allocated_[index] == 0 || seen[index] != 0) {
+    if (index >= config_.num_pages || allocated_[index] == 0 ||
+        seen[index] != 0) {
       good = false;
       break;
     }
     seen[index] = 1;
   }
   Trace("allocator FreeN(%zu pages, first %u) (model: %s)", pages.size(),
-        pages.empty() ? 0u : PageIndex(pages[0]), good ? "all allocated, distinct" : "bad");
+        pages.empty() ? 0u : PageIndex(pages[0]),
+        good ? "all allocated, distinct" : "bad");
   const Snapshot before = Take();
   if (good) {
     for (PageId page : pages) OnFreeing(page);
@@ -357,7 +381,8 @@ void AllocatorProgram::OnAllocated(PageId page) {
   for (std::uint32_t plane = 0; plane < config_.num_planes; ++plane) {
     std::byte* start = PageStart(page, plane);
     if (RegionHasPoison(start, page_bytes_)) {
-      Fail("page %u (plane %u) is still poisoned after it was allocated", index, plane);
+      Fail("page %u (plane %u) is still poisoned after it was allocated", index,
+           plane);
     }
     const std::uint64_t stamp = stamps_[index] + plane;
     std::memcpy(start, &stamp, sizeof(stamp));
@@ -376,8 +401,10 @@ void AllocatorProgram::OnFreeing(PageId page) const {
     std::memcpy(&head, start, sizeof(head));
     std::memcpy(&tail, start + page_bytes_ - sizeof(tail), sizeof(tail));
     if (head != stamps_[index] + plane || tail != stamps_[index] + plane) {
-      Fail("contents of allocated page %u (plane %u) changed while its owner held it", index,
-           plane);
+      Fail(
+          "contents of allocated page %u (plane %u) changed while its owner "
+          "held it",
+          index, plane);
     }
   }
 }
@@ -388,7 +415,8 @@ void AllocatorProgram::OnFreed(PageId page) const {
   for (std::uint32_t plane = 0; plane < config_.num_planes; ++plane) {
     const std::byte* start = PageStart(page, plane);
     if (!IsPoisoned(start) || !IsPoisoned(start + page_bytes_ - 1)) {
-      Fail("page %u (plane %u) is not poisoned for ASan after Free", PageIndex(page), plane);
+      Fail("page %u (plane %u) is not poisoned for ASan after Free",
+           PageIndex(page), plane);
     }
   }
 }
@@ -398,12 +426,12 @@ void AllocatorProgram::CheckInvariants() const {
   const PageAllocatorStats stats = allocator_->Stats();
   const std::uint32_t n = config_.num_pages;
   if (allocator_->num_pages() != n || stats.num_pages != n) {
-    Fail("num_pages() %u / Stats().num_pages %u, expected %u", allocator_->num_pages(),
-         stats.num_pages, n);
+    Fail("num_pages() %u / Stats().num_pages %u, expected %u",
+         allocator_->num_pages(), stats.num_pages, n);
   }
   if (stats.free_pages + stats.used_pages != n || stats.used_pages != used_) {
-    Fail("Stats: free %u + used %u, expected free %u + used %u = %u", stats.free_pages,
-         stats.used_pages, n - used_, used_, n);
+    Fail("Stats: free %u + used %u, expected free %u + used %u = %u",
+         stats.free_pages, stats.used_pages, n - used_, used_, n);
   }
   if (!multi_thread_ && stats.high_water_pages != high_water_) {
     Fail("Stats: high_water_pages %u, the model says %u (single thread: exact)",
@@ -415,21 +443,25 @@ void AllocatorProgram::CheckInvariants() const {
   // allocations): tolerated unless RPA_FUZZ_STRICT_HIGH_WATER is set.
   const std::uint32_t slack = 2 * config_.thread_cache_pages;
   const std::uint32_t over = StrictHighWater() ? 0 : slack;
-  if (multi_thread_ &&
-      (stats.high_water_pages > high_water_ + over || stats.high_water_pages < used_ ||
-       stats.high_water_pages + slack < high_water_)) {
+  if (multi_thread_ && (stats.high_water_pages > high_water_ + over ||
+                        stats.high_water_pages < used_ ||
+                        stats.high_water_pages + slack < high_water_)) {
     Fail(
-        "Stats: high_water_pages %u, but at most %u pages were ever allocated at once (two "
-        "threads: may miss that peak by up to %u, may exceed it by %u), %u used now",
+        "Stats: high_water_pages %u, but at most %u pages were ever allocated "
+        "at once (two "
+        "threads: may miss that peak by up to %u, may exceed it by %u), %u "
+        "used now",
         stats.high_water_pages, high_water_, slack, over, used_);
   }
   for (std::uint32_t i = 0; i < n; ++i) {
     if (allocator_->IsAllocated(MakePageId(i)) != (allocated_[i] != 0)) {
-      Fail("IsAllocated(%u) is %d, the model says %d", i, 1 - allocated_[i], allocated_[i]);
+      Fail("IsAllocated(%u) is %d, the model says %d", i, 1 - allocated_[i],
+           allocated_[i]);
     }
   }
   for (std::uint32_t bad : {n, n + 1, 0x80000000u, kInvalidPage}) {
-    if (allocator_->IsAllocated(MakePageId(bad))) Fail("IsAllocated(%u) out of range is true", bad);
+    if (allocator_->IsAllocated(MakePageId(bad)))
+      Fail("IsAllocated(%u) out of range is true", bad);
   }
   if (!config_.with_memory) return;
   for (std::uint32_t plane = 0; plane < config_.num_planes; ++plane) {
@@ -442,7 +474,8 @@ void AllocatorProgram::CheckInvariants() const {
       if (allocated_[i] != 0 && RegionHasPoison(start, page_bytes_)) {
         Fail("allocated page %u (plane %u) is poisoned", i, plane);
       }
-      if (RPA_HAS_ASAN && allocated_[i] == 0 && ever_allocated_[i] != 0 && !IsPoisoned(start)) {
+      if (RPA_HAS_ASAN && allocated_[i] == 0 && ever_allocated_[i] != 0 &&
+          !IsPoisoned(start)) {
         Fail("freed page %u (plane %u) is not poisoned", i, plane);
       }
     }

@@ -43,29 +43,37 @@ BatchPageTable Sentinel() {
 KvCacheProgram::KvCacheProgram(const KvCacheConfig& config) : config_(config) {
   auto created = KvCache::Create(config);
   if (!created.ok()) {
-    Fail("KvCache::Create(num_pages %u, page_size_tokens %u, num_layers %u) failed: %s",
-         config.num_pages, config.page_size_tokens, config.num_layers,
-         created.status().ToString().c_str());
+    Fail(
+        "KvCache::Create(num_pages %u, page_size_tokens %u, num_layers %u) "
+        "failed: %s",
+        config.num_pages, config.page_size_tokens, config.num_layers,
+        created.status().ToString().c_str());
   }
   cache_ = std::move(*created);
-  const std::size_t token_bytes =
-      std::size_t{2} * config.num_kv_heads * config.head_dim * StorageBytes(config.storage);
+  const std::size_t token_bytes = std::size_t{2} * config.num_kv_heads *
+                                  config.head_dim *
+                                  StorageBytes(config.storage);
   for (std::uint32_t layer = 0; layer < config.num_layers; ++layer) {
     const KvLayerView view = cache_->Layer(layer);
     const std::byte* expected_data =
         layer == 0 ? view.data
-                   : layers_[0].data + std::size_t{layer} * config.num_pages * view.page_bytes;
-    if (view.data == nullptr || view.data != expected_data || view.num_pages != config.num_pages ||
+                   : layers_[0].data + std::size_t{layer} * config.num_pages *
+                                           view.page_bytes;
+    if (view.data == nullptr || view.data != expected_data ||
+        view.num_pages != config.num_pages ||
         view.page_size_tokens != config.page_size_tokens ||
-        view.num_combined_heads != 2 * config.num_kv_heads || view.head_dim != config.head_dim ||
-        view.storage != config.storage || view.token_bytes != token_bytes ||
+        view.num_combined_heads != 2 * config.num_kv_heads ||
+        view.head_dim != config.head_dim || view.storage != config.storage ||
+        view.token_bytes != token_bytes ||
         view.page_bytes != token_bytes * config.page_size_tokens) {
       Fail(
-          "Layer(%u) view does not match the config: num_pages %u, page_size_tokens %u, "
-          "heads %u, head_dim %u, token_bytes %zu (expected %zu), page_bytes %zu, data at "
+          "Layer(%u) view does not match the config: num_pages %u, "
+          "page_size_tokens %u, "
+          "heads %u, head_dim %u, token_bytes %zu (expected %zu), page_bytes "
+          "%zu, data at "
           "offset %td (expected %td)",
-          layer, view.num_pages, view.page_size_tokens, view.num_combined_heads, view.head_dim,
-          view.token_bytes, token_bytes, view.page_bytes,
+          layer, view.num_pages, view.page_size_tokens, view.num_combined_heads,
+          view.head_dim, view.token_bytes, token_bytes, view.page_bytes,
           layer == 0 ? 0 : view.data - layers_[0].data,
           layer == 0 ? 0 : expected_data - layers_[0].data);
     }
@@ -76,33 +84,37 @@ KvCacheProgram::KvCacheProgram(const KvCacheConfig& config) : config_(config) {
 
 void KvCacheProgram::ProbeBadConfigs(const KvCacheConfig& good) {
   constexpr int kFields = 6;
-  const char* names[kFields] = {"num_pages", "page_size_tokens", "num_kv_heads",
-                                "head_dim",  "num_layers",       "max_sequences"};
+  const char* names[kFields] = {"num_pages",    "page_size_tokens",
+                                "num_kv_heads", "head_dim",
+                                "num_layers",   "max_sequences"};
   for (int field = 0; field < kFields; ++field) {
     KvCacheConfig config = good;
-    std::uint32_t* values[kFields] = {&config.num_pages,    &config.page_size_tokens,
-                                      &config.num_kv_heads, &config.head_dim,
-                                      &config.num_layers,   &config.max_sequences};
+    std::uint32_t* values[kFields] = {
+        &config.num_pages, &config.page_size_tokens, &config.num_kv_heads,
+        &config.head_dim,  &config.num_layers,       &config.max_sequences};
     *values[field] = 0;
     Trace("probe KvCache::Create(%s 0)", names[field]);
     auto created = KvCache::Create(config);
-    ExpectCode(created.status(), "KvCache::Create with a zero size", StatusCode::kInvalidArgument);
+    ExpectCode(created.status(), "KvCache::Create with a zero size",
+               StatusCode::kInvalidArgument);
   }
   // Page indices are int32 (SPEC section 1).
   KvCacheConfig config = good;
   config.num_pages = 0x80000000u;
   Trace("probe KvCache::Create(num_pages 2^31)");
   auto created = KvCache::Create(config);
-  ExpectCode(created.status(), "KvCache::Create(num_pages 2^31)", StatusCode::kInvalidArgument);
+  ExpectCode(created.status(), "KvCache::Create(num_pages 2^31)",
+             StatusCode::kInvalidArgument);
 }
 
 std::uint32_t KvCacheProgram::PagesFor(std::uint64_t num_tokens) const {
-  return static_cast<std::uint32_t>((num_tokens + config_.page_size_tokens - 1) /
-                                    config_.page_size_tokens);
+  return static_cast<std::uint32_t>(
+      (num_tokens + config_.page_size_tokens - 1) / config_.page_size_tokens);
 }
 
 bool KvCacheProgram::IsLive(SequenceId id) const {
-  return std::any_of(live_.begin(), live_.end(), [id](const Sequence& s) { return s.id == id; });
+  return std::any_of(live_.begin(), live_.end(),
+                     [id](const Sequence& s) { return s.id == id; });
 }
 
 void KvCacheProgram::Step(ByteReader& in, std::uint8_t op) {
@@ -125,7 +137,8 @@ void KvCacheProgram::Step(ByteReader& in, std::uint8_t op) {
     }
     case 4: {  // huge and boundary lengths
       const std::uint32_t index = in.Below(live);
-      const auto length = static_cast<std::uint32_t>(live_[index].tokens.size());
+      const auto length =
+          static_cast<std::uint32_t>(live_[index].tokens.size());
       std::uint32_t num_tokens = 0;
       switch (in.U8() % 6) {
         case 0:
@@ -162,17 +175,20 @@ void KvCacheProgram::Step(ByteReader& in, std::uint8_t op) {
       break;
     case 9:
       if (!stale_.empty()) {
-        const SequenceId id = stale_[in.Below(static_cast<std::uint32_t>(stale_.size()))];
+        const SequenceId id =
+            stale_[in.Below(static_cast<std::uint32_t>(stale_.size()))];
         BadIdOp(id, in.U8(), /*stale=*/true);
         break;
       }
       [[fallthrough]];
-    case 10: {  // an id that names nothing: random, or a live one with its generation or slot bent
+    case 10: {  // an id that names nothing: random, or a live one with its
+                // generation or slot bent
       std::uint64_t bits = in.U64();
       const std::uint8_t how = in.U8() % 3;
       if (how != 0 && live > 0) {
         const auto base = static_cast<std::uint64_t>(live_[in.Below(live)].id);
-        bits = how == 1 ? base ^ ((bits | 1u) << 32) : base ^ ((bits & 0xffffu) | 1u);
+        bits = how == 1 ? base ^ ((bits | 1u) << 32)
+                        : base ^ ((bits & 0xffffu) | 1u);
       }
       const auto id = static_cast<SequenceId>(bits);
       if (IsLive(id)) {
@@ -193,18 +209,22 @@ void KvCacheProgram::Step(ByteReader& in, std::uint8_t op) {
 }
 
 void KvCacheProgram::CreateSequence() {
-  Trace("kv CreateSequence (model: %zu live of %u)", live_.size(), config_.max_sequences);
+  Trace("kv CreateSequence (model: %zu live of %u)", live_.size(),
+        config_.max_sequences);
   const Snapshot before = Take();
   auto id = cache_->CreateSequence();
   if (live_.size() >= config_.max_sequences) {
-    ExpectCode(id.status(), "CreateSequence at max_sequences", StatusCode::kResourceExhausted);
+    ExpectCode(id.status(), "CreateSequence at max_sequences",
+               StatusCode::kResourceExhausted);
     ExpectUnchanged(before, "a failed CreateSequence");
     return;
   }
   ExpectCode(id.status(), "CreateSequence", StatusCode::kOk);
-  if (IsLive(*id)) Fail("CreateSequence returned the live id %llx", IdBits(*id));
+  if (IsLive(*id))
+    Fail("CreateSequence returned the live id %llx", IdBits(*id));
   if (std::find(stale_.begin(), stale_.end(), *id) != stale_.end()) {
-    Fail("CreateSequence returned the id %llx of a freed sequence", IdBits(*id));
+    Fail("CreateSequence returned the id %llx of a freed sequence",
+         IdBits(*id));
   }
   ExpectTablesUnchanged(before, live_.size(), "CreateSequence");
   live_.push_back(Sequence{*id, next_uid_++, {}});
@@ -213,25 +233,29 @@ void KvCacheProgram::CreateSequence() {
 void KvCacheProgram::Reserve(std::size_t index, std::uint32_t num_tokens) {
   const std::uint32_t ps = config_.page_size_tokens;
   const auto length = static_cast<std::uint32_t>(live_[index].tokens.size());
-  Trace("kv Reserve(uid %u, %u) (model: length %u)", live_[index].uid, num_tokens, length);
+  Trace("kv Reserve(uid %u, %u) (model: length %u)", live_[index].uid,
+        num_tokens, length);
   const Snapshot before = Take();
   const std::vector<PageId>& old_table = before.tables[index];
   const bool overflow = num_tokens > kMaxLength - length;
-  const std::uint64_t new_pages =
-      PagesFor(std::uint64_t{length} + num_tokens) - std::uint64_t{PagesFor(length)};
+  const std::uint64_t new_pages = PagesFor(std::uint64_t{length} + num_tokens) -
+                                  std::uint64_t{PagesFor(length)};
   // The last page is shared and partially filled: the next writer copies it.
-  const bool cow_candidate = length % ps != 0 && before.refcounts[PageIndex(old_table.back())] > 1;
+  const bool cow_candidate =
+      length % ps != 0 && before.refcounts[PageIndex(old_table.back())] > 1;
   const bool cow = num_tokens > 0 && cow_candidate;
   const std::uint64_t needed = new_pages + (cow ? 1 : 0);
   const std::uint32_t free_pages = before.stats.free_pages;
-  Trace("kv Reserve(uid %u, %u) (model: length %u, needs %llu pages, %u free, copy-on-write %d)",
-        live_[index].uid, num_tokens, length, static_cast<unsigned long long>(needed), free_pages,
-        cow ? 1 : 0);
+  Trace(
+      "kv Reserve(uid %u, %u) (model: length %u, needs %llu pages, %u free, "
+      "copy-on-write %d)",
+      live_[index].uid, num_tokens, length,
+      static_cast<unsigned long long>(needed), free_pages, cow ? 1 : 0);
 
   const Status status = cache_->Reserve(live_[index].id, num_tokens);
   if (overflow) {
-    ExpectCode(status, "Reserve past 2^31-1 tokens", StatusCode::kInvalidArgument,
-               StatusCode::kResourceExhausted);
+    ExpectCode(status, "Reserve past 2^31-1 tokens",
+               StatusCode::kInvalidArgument, StatusCode::kResourceExhausted);
     ExpectUnchanged(before, "a failed Reserve");
     return;
   }
@@ -241,7 +265,8 @@ void KvCacheProgram::Reserve(std::size_t index, std::uint32_t num_tokens) {
     return;
   }
   if (needed > free_pages) {
-    ExpectCode(status, "Reserve without enough free pages", StatusCode::kResourceExhausted);
+    ExpectCode(status, "Reserve without enough free pages",
+               StatusCode::kResourceExhausted);
     ExpectUnchanged(before, "a failed Reserve");
     return;
   }
@@ -257,23 +282,29 @@ void KvCacheProgram::Reserve(std::size_t index, std::uint32_t num_tokens) {
     const bool is_last_old = k + 1 == old_table.size();
     if (is_old && table[k] == old_table[k]) {
       if (is_last_old && cow) {
-        Fail("Reserve wrote into shared page %u (refcount %u) instead of copying it",
-             PageIndex(table[k]), before.refcounts[PageIndex(table[k])]);
+        Fail(
+            "Reserve wrote into shared page %u (refcount %u) instead of "
+            "copying it",
+            PageIndex(table[k]), before.refcounts[PageIndex(table[k])]);
       }
       continue;
     }
     if (is_old && !(is_last_old && cow)) {
       Fail(
-          "Reserve replaced page %u (entry %zu) by page %u although it was not a shared "
+          "Reserve replaced page %u (entry %zu) by page %u although it was not "
+          "a shared "
           "partially filled last page",
           PageIndex(old_table[k]), k, PageIndex(table[k]));
     }
     if (PageIndex(table[k]) >= config_.num_pages) {
-      Fail("Reserve put page %u >= num_pages in the table", PageIndex(table[k]));
+      Fail("Reserve put page %u >= num_pages in the table",
+           PageIndex(table[k]));
     }
     if (before.refcounts[PageIndex(table[k])] != 0) {
-      Fail("Reserve put page %u (entry %zu) in the table, but it was in use (refcount %u)",
-           PageIndex(table[k]), k, before.refcounts[PageIndex(table[k])]);
+      Fail(
+          "Reserve put page %u (entry %zu) in the table, but it was in use "
+          "(refcount %u)",
+          PageIndex(table[k]), k, before.refcounts[PageIndex(table[k])]);
     }
   }
   ExpectTablesUnchanged(before, index, "Reserve");
@@ -296,7 +327,8 @@ void KvCacheProgram::ReserveToBoundary(std::size_t index, std::uint8_t delta) {
     cow = table.ok() && !table->empty() && cache_->RefCount(table->back()) > 1;
   }
   const std::uint32_t room = length % ps != 0 ? ps - length % ps : 0;
-  const std::uint32_t usable = free_pages > 0 && cow ? free_pages - 1 : (cow ? 0 : free_pages);
+  const std::uint32_t usable =
+      free_pages > 0 && cow ? free_pages - 1 : (cow ? 0 : free_pages);
   std::uint32_t num_tokens = room + usable * ps;
   if (delta % 3 == 1) ++num_tokens;
   if (delta % 3 == 2 && num_tokens > 0) --num_tokens;
@@ -305,24 +337,28 @@ void KvCacheProgram::ReserveToBoundary(std::size_t index, std::uint8_t delta) {
 
 void KvCacheProgram::Fork(std::size_t index) {
   const SequenceId parent = live_[index].id;
-  Trace("kv Fork(uid %u) (model: %zu live of %u)", live_[index].uid, live_.size(),
-        config_.max_sequences);
+  Trace("kv Fork(uid %u) (model: %zu live of %u)", live_[index].uid,
+        live_.size(), config_.max_sequences);
   const Snapshot before = Take();
   auto child = cache_->Fork(parent);
   if (live_.size() >= config_.max_sequences) {
-    ExpectCode(child.status(), "Fork at max_sequences", StatusCode::kResourceExhausted);
+    ExpectCode(child.status(), "Fork at max_sequences",
+               StatusCode::kResourceExhausted);
     ExpectUnchanged(before, "a failed Fork");
     return;
   }
   ExpectCode(child.status(), "Fork of a live sequence", StatusCode::kOk);
-  if (IsLive(*child) || std::find(stale_.begin(), stale_.end(), *child) != stale_.end()) {
-    Fail("Fork returned the id %llx, which is live or was freed", IdBits(*child));
+  if (IsLive(*child) ||
+      std::find(stale_.begin(), stale_.end(), *child) != stale_.end()) {
+    Fail("Fork returned the id %llx, which is live or was freed",
+         IdBits(*child));
   }
   ExpectTablesUnchanged(before, live_.size(), "Fork");
   Sequence copy{*child, next_uid_++, live_[index].tokens};
   live_.push_back(std::move(copy));
   if (Table(live_.size() - 1) != before.tables[index]) {
-    Fail("the child's page table differs from its parent's (uid %u)", live_[index].uid);
+    Fail("the child's page table differs from its parent's (uid %u)",
+         live_[index].uid);
   }
 }
 
@@ -339,8 +375,9 @@ void KvCacheProgram::FreeSequence(std::size_t index) {
 }
 
 void KvCacheProgram::BadIdOp(SequenceId id, std::uint8_t which, bool stale) {
-  static const char* const kOps[] = {"Reserve",        "Fork",      "FreeSequence",
-                                     "SequenceLength", "PageTable", "ExportBatch"};
+  static const char* const kOps[] = {"Reserve",      "Fork",
+                                     "FreeSequence", "SequenceLength",
+                                     "PageTable",    "ExportBatch"};
   const int op = which % 6;
   Trace("kv %s(%s id %llx)", kOps[op], stale ? "stale" : "bad", IdBits(id));
   const Snapshot before = Take();
@@ -373,18 +410,23 @@ void KvCacheProgram::BadIdOp(SequenceId id, std::uint8_t which, bool stale) {
   }
   if (stale) {
     if (op == 1 && live_.size() >= config_.max_sequences) {
-      ExpectCode(status, kOps[op], StatusCode::kNotFound, StatusCode::kResourceExhausted);
+      ExpectCode(status, kOps[op], StatusCode::kNotFound,
+                 StatusCode::kResourceExhausted);
     } else {
       ExpectCode(status, kOps[op], StatusCode::kNotFound);
     }
   } else {
-    if (status.ok()) Fail("%s with an id that names nothing succeeded", kOps[op]);
-    if (status.code() != StatusCode::kNotFound && status.code() != StatusCode::kInvalidArgument &&
+    if (status.ok())
+      Fail("%s with an id that names nothing succeeded", kOps[op]);
+    if (status.code() != StatusCode::kNotFound &&
+        status.code() != StatusCode::kInvalidArgument &&
         !(op == 1 && status.code() == StatusCode::kResourceExhausted)) {
-      Fail("%s with an id that names nothing returned %s", kOps[op], status.ToString().c_str());
+      Fail("%s with an id that names nothing returned %s", kOps[op],
+           status.ToString().c_str());
     }
   }
-  if (!SameBatch(out, Sentinel())) Fail("ExportBatch failed but wrote its output");
+  if (!SameBatch(out, Sentinel()))
+    Fail("ExportBatch failed but wrote its output");
   ExpectUnchanged(before, (std::string("a failed ") + kOps[op]).c_str());
 }
 
@@ -392,29 +434,40 @@ void KvCacheProgram::ExportGood(ByteReader& in) {
   std::vector<std::size_t> indices;
   const auto live = static_cast<std::uint32_t>(live_.size());
   const std::uint32_t count =
-      live == 0 ? 0 : in.Below(std::min<std::uint32_t>(2 * live, kMaxExport) + 1);
+      live == 0 ? 0
+                : in.Below(std::min<std::uint32_t>(2 * live, kMaxExport) + 1);
   std::uint32_t max_pages = 0;
   std::vector<SequenceId> ids;
   for (std::uint32_t i = 0; i < count; ++i) {
     indices.push_back(in.Below(live));
     ids.push_back(live_[indices.back()].id);
-    max_pages = std::max(max_pages, PagesFor(live_[indices.back()].tokens.size()));
+    max_pages =
+        std::max(max_pages, PagesFor(live_[indices.back()].tokens.size()));
   }
   const std::uint8_t mode = in.U8() % 3;
   const std::uint32_t pages_per_sequence =
-      mode == 0 ? 0 : (mode == 1 ? std::max(max_pages, 1u) : max_pages + 1 + in.U8() % 3u);
-  Trace("kv ExportBatch(%u sequences, pages_per_sequence %u) (model: max pages %u)", count,
-        pages_per_sequence, max_pages);
+      mode == 0 ? 0
+                : (mode == 1 ? std::max(max_pages, 1u)
+                             : max_pages + 1 + in.U8() % 3u);
+  Trace(
+      "kv ExportBatch(%u sequences, pages_per_sequence %u) (model: max pages "
+      "%u)",
+      count, pages_per_sequence, max_pages);
   BatchPageTable out = Sentinel();
   const Status status = cache_->ExportBatch(ids, pages_per_sequence, &out);
   if (count == 0 && !status.ok()) {
     // An empty batch may be refused; it must not touch the output.
-    ExpectCode(status, "ExportBatch of no sequences", StatusCode::kInvalidArgument);
-    if (!SameBatch(out, Sentinel())) Fail("ExportBatch failed but wrote its output");
+    ExpectCode(status, "ExportBatch of no sequences",
+               StatusCode::kInvalidArgument);
+    if (!SameBatch(out, Sentinel()))
+      Fail("ExportBatch failed but wrote its output");
     return;
   }
   ExpectCode(status, "ExportBatch of live sequences", StatusCode::kOk);
-  CheckExport(indices, pages_per_sequence == 0 ? std::max(max_pages, 1u) : pages_per_sequence, out);
+  CheckExport(
+      indices,
+      pages_per_sequence == 0 ? std::max(max_pages, 1u) : pages_per_sequence,
+      out);
 }
 
 void KvCacheProgram::ExportBad(ByteReader& in) {
@@ -428,30 +481,35 @@ void KvCacheProgram::ExportBad(ByteReader& in) {
       largest = i;
     }
   }
-  const std::uint32_t count = live == 0 ? 0 : in.Below(std::min<std::uint32_t>(live, kMaxExport));
-  for (std::uint32_t i = 0; i < count; ++i) ids.push_back(live_[in.Below(live)].id);
+  const std::uint32_t count =
+      live == 0 ? 0 : in.Below(std::min<std::uint32_t>(live, kMaxExport));
+  for (std::uint32_t i = 0; i < count; ++i)
+    ids.push_back(live_[in.Below(live)].id);
   BatchPageTable out = Sentinel();
   Status status;
   const std::uint8_t kind = in.U8();
   if (kind % 8 == 7) {
     Trace("kv ExportBatch(%zu sequences, out nullptr)", ids.size());
     status = cache_->ExportBatch(ids, 0, nullptr);
-    ExpectCode(status, "ExportBatch into nullptr", StatusCode::kInvalidArgument);
+    ExpectCode(status, "ExportBatch into nullptr",
+               StatusCode::kInvalidArgument);
   } else if (max_pages >= 2 && (kind & 1u) != 0) {
     ids.insert(ids.begin() + in.Below(count + 1), live_[largest].id);
     const std::uint32_t pages_per_sequence = 1 + in.Below(max_pages - 1);
-    Trace("kv ExportBatch(%zu sequences, pages_per_sequence %u < %u needed)", ids.size(),
-          pages_per_sequence, max_pages);
+    Trace("kv ExportBatch(%zu sequences, pages_per_sequence %u < %u needed)",
+          ids.size(), pages_per_sequence, max_pages);
     status = cache_->ExportBatch(ids, pages_per_sequence, &out);
-    ExpectCode(status, "ExportBatch with too few pages_per_sequence", StatusCode::kInvalidArgument);
+    ExpectCode(status, "ExportBatch with too few pages_per_sequence",
+               StatusCode::kInvalidArgument);
   } else {
     const bool use_stale = !stale_.empty() && (in.U8() & 1u) != 0;
-    SequenceId bad = use_stale ? stale_[in.Below(static_cast<std::uint32_t>(stale_.size()))]
-                               : static_cast<SequenceId>(in.U64() ^ 0x5a5a5a5a00000000ull);
+    SequenceId bad =
+        use_stale ? stale_[in.Below(static_cast<std::uint32_t>(stale_.size()))]
+                  : static_cast<SequenceId>(in.U64() ^ 0x5a5a5a5a00000000ull);
     if (IsLive(bad)) return;
     ids.insert(ids.begin() + in.Below(count + 1), bad);
-    Trace("kv ExportBatch(%zu sequences, one %s id %llx)", ids.size(), use_stale ? "stale" : "bad",
-          IdBits(bad));
+    Trace("kv ExportBatch(%zu sequences, one %s id %llx)", ids.size(),
+          use_stale ? "stale" : "bad", IdBits(bad));
     status = cache_->ExportBatch(ids, 0, &out);
     if (use_stale) {
       ExpectCode(status, "ExportBatch with a stale id", StatusCode::kNotFound);
@@ -460,7 +518,8 @@ void KvCacheProgram::ExportBad(ByteReader& in) {
                  StatusCode::kInvalidArgument);
     }
   }
-  if (!SameBatch(out, Sentinel())) Fail("ExportBatch failed but wrote its output");
+  if (!SameBatch(out, Sentinel()))
+    Fail("ExportBatch failed but wrote its output");
 }
 
 void KvCacheProgram::FreeAll() {

@@ -2,15 +2,16 @@
 // line, or every regular file in a named directory, is passed once to
 // LLVMFuzzerTestOneInput. Exits non-zero if a directory is empty or missing,
 // so a lost corpus fails the test instead of passing vacuously.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <algorithm>
 #include <vector>
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
+                                      std::size_t size);
 
 namespace {
 
@@ -20,8 +21,10 @@ bool RunFile(const std::filesystem::path& path) {
     std::fprintf(stderr, "replay: cannot open %s\n", path.c_str());
     return false;
   }
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()),
+                         bytes.size());
   return true;
 }
 

@@ -74,7 +74,8 @@ std::size_t RegionAlignment(bool huge_pages) {
 // largest allocation that still fits them with the segment header and the
 // alignment slack.
 std::size_t RegionSlotBytes(std::uint64_t region_blocks, bool huge_pages) {
-  return region_blocks * kSegmentBytes - kHugeSegmentOverheadBytes - RegionAlignment(huge_pages);
+  return region_blocks * kSegmentBytes - kHugeSegmentOverheadBytes -
+         RegionAlignment(huge_pages);
 }
 
 // ---------------------------------------------------------------------------
@@ -84,11 +85,14 @@ struct PooledArena {
   mi_arena_id_t id = 0;
   std::byte* start = nullptr;
   std::size_t reserved_bytes = 0;
-  std::uint64_t region_blocks = 0;    // the region always takes a slot of this many blocks
-  std::uint64_t metadata_blocks = 0;  // blocks beyond the region, for metadata segments
+  std::uint64_t region_blocks =
+      0;  // the region always takes a slot of this many blocks
+  std::uint64_t metadata_blocks =
+      0;  // blocks beyond the region, for metadata segments
   bool huge_pages = false;
   bool in_use = false;
-  bool retired = false;  // its region slot could not be placed again; never reused
+  bool retired =
+      false;  // its region slot could not be placed again; never reused
 };
 
 class ArenaPool {
@@ -102,16 +106,20 @@ class ArenaPool {
 
   // A free pooled arena with at least the requested blocks (the smallest such
   // one), else a newly reserved one. `*fresh` tells which.
-  StatusOr<PooledArena> Acquire(const MimallocApi& mi, std::uint64_t region_blocks,
-                                std::uint64_t metadata_blocks, bool huge_pages, bool* fresh) {
+  StatusOr<PooledArena> Acquire(const MimallocApi& mi,
+                                std::uint64_t region_blocks,
+                                std::uint64_t metadata_blocks, bool huge_pages,
+                                bool* fresh) {
     std::lock_guard<std::mutex> lock(mutex_);
     PooledArena* best = nullptr;
     for (PooledArena& arena : arenas_) {
       if (arena.in_use || arena.retired || arena.huge_pages != huge_pages ||
-          arena.region_blocks < region_blocks || arena.metadata_blocks < metadata_blocks) {
+          arena.region_blocks < region_blocks ||
+          arena.metadata_blocks < metadata_blocks) {
         continue;
       }
-      if (best == nullptr || arena.reserved_bytes < best->reserved_bytes) best = &arena;
+      if (best == nullptr || arena.reserved_bytes < best->reserved_bytes)
+        best = &arena;
     }
     if (best != nullptr) {
       best->in_use = true;
@@ -126,19 +134,23 @@ class ArenaPool {
     // Committing on demand instead (commit = false) would mprotect later, and
     // mimalloc 2.0.9 ignores a failed on-demand commit (strict overcommit),
     // then writes a segment header into inaccessible memory.
-    const int error = mi.reserve_os_memory_ex(bytes, /*commit=*/true, /*allow_large=*/huge_pages,
+    const int error = mi.reserve_os_memory_ex(bytes, /*commit=*/true,
+                                              /*allow_large=*/huge_pages,
                                               /*exclusive=*/true, &id);
     if (error != 0) {
       std::size_t in_use = 0;
       for (const PooledArena& arena : arenas_) in_use += arena.in_use ? 1 : 0;
       return ResourceExhaustedError(fmt::format(
-          "mimalloc could not reserve an arena of {} bytes: error {} ({}); this process has {} "
+          "mimalloc could not reserve an arena of {} bytes: error {} ({}); "
+          "this process has {} "
           "mimalloc arenas (at most {}, never released), {} of them in use",
-          bytes, error, std::strerror(error), arenas_.size(), kMaxMimallocArenas, in_use));
+          bytes, error, std::strerror(error), arenas_.size(),
+          kMaxMimallocArenas, in_use));
     }
     std::size_t area_bytes = 0;
     void* area = mi.arena_area(id, &area_bytes);
-    RPA_CHECK_MSG(area != nullptr && area_bytes >= bytes, "mimalloc arena without its area");
+    RPA_CHECK_MSG(area != nullptr && area_bytes >= bytes,
+                  "mimalloc arena without its area");
     arenas_.push_back(PooledArena{.id = id,
                                   .start = static_cast<std::byte*>(area),
                                   .reserved_bytes = area_bytes,
@@ -211,11 +223,14 @@ mi_heap_t* ThreadHeap(const MimallocApi& mi, mi_arena_id_t id) {
 
 class MetadataResource final : public std::pmr::memory_resource {
  public:
-  MetadataResource(const MimallocApi* mi, mi_arena_id_t id, std::size_t budget_bytes)
+  MetadataResource(const MimallocApi* mi, mi_arena_id_t id,
+                   std::size_t budget_bytes)
       : mi_(mi), id_(id), budget_bytes_(budget_bytes) {}
 
   std::size_t budget_bytes() const { return budget_bytes_; }
-  std::size_t used_bytes() const { return used_bytes_.load(std::memory_order_relaxed); }
+  std::size_t used_bytes() const {
+    return used_bytes_.load(std::memory_order_relaxed);
+  }
 
  private:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override {
@@ -224,7 +239,8 @@ class MetadataResource final : public std::pmr::memory_resource {
     std::size_t used = used_bytes_.load(std::memory_order_relaxed);
     do {
       if (bytes > budget_bytes_ - used) throw std::bad_alloc();
-    } while (!used_bytes_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
+    } while (!used_bytes_.compare_exchange_weak(used, used + bytes,
+                                                std::memory_order_relaxed));
 
     void* p = Allocate(bytes, alignment);
     if (p == nullptr) {
@@ -234,7 +250,8 @@ class MetadataResource final : public std::pmr::memory_resource {
     return p;
   }
 
-  void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
+  void do_deallocate(void* p, std::size_t bytes,
+                     std::size_t alignment) override {
 #if RPA_SANITIZER_BUILD
     ::operator delete (p, std::align_val_t{alignment});
 #else
@@ -244,7 +261,8 @@ class MetadataResource final : public std::pmr::memory_resource {
     used_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
   }
 
-  bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+  bool do_is_equal(
+      const std::pmr::memory_resource& other) const noexcept override {
     return this == &other;
   }
 
@@ -283,15 +301,17 @@ Status ValidateOptions(const ArenaOptions& options) {
         fmt::format("num_units must be positive, got {}", options.num_units));
   }
   std::size_t region_bytes = 0;
-  if (__builtin_mul_overflow(options.unit_bytes, options.num_units, &region_bytes) ||
+  if (__builtin_mul_overflow(options.unit_bytes, options.num_units,
+                             &region_bytes) ||
       region_bytes > kMaxRegionBytes) {
     return InvalidArgumentError(
-        fmt::format("unit_bytes * num_units = {} * {} overflows the largest region (2^62 bytes)",
+        fmt::format("unit_bytes * num_units = {} * {} overflows the largest "
+                    "region (2^62 bytes)",
                     options.unit_bytes, options.num_units));
   }
   if (options.metadata_bytes > kMaxMetadataBytes) {
-    return InvalidArgumentError(
-        fmt::format("metadata_bytes must be at most 2^60, got {}", options.metadata_bytes));
+    return InvalidArgumentError(fmt::format(
+        "metadata_bytes must be at most 2^60, got {}", options.metadata_bytes));
   }
   return OkStatus();
 }
@@ -309,7 +329,8 @@ class Arena::Impl {
         metadata_(mi, arena.id, metadata_bytes) {}
 
   ~Impl() {
-    RPA_DCHECK(metadata_.used_bytes() == 0);  // metadata must not outlive the Arena
+    RPA_DCHECK(metadata_.used_bytes() ==
+               0);  // metadata must not outlive the Arena
     // The page allocator may have left freed pages poisoned; the next life of
     // this arena must start with addressable memory.
     RPA_ASAN_UNPOISON(region_, region_slot_bytes_);
@@ -319,7 +340,8 @@ class Arena::Impl {
     mi_->free(region_);
     // Empty pages of this thread's heap go back to the arena, so its next
     // life finds the room. Other threads' heaps are theirs to collect.
-    if (mi_heap_t* heap = FindThreadHeap(arena_.id)) mi_->heap_collect(heap, /*force=*/false);
+    if (mi_heap_t* heap = FindThreadHeap(arena_.id))
+      mi_->heap_collect(heap, /*force=*/false);
     ArenaPool::Get().Release(arena_.id, /*retire=*/false);
   }
 
@@ -346,12 +368,13 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
   const std::size_t region_bytes = options.unit_bytes * options.num_units;
   const std::size_t alignment = RegionAlignment(options.huge_pages);
   // Cannot overflow: region_bytes <= 2^62 and metadata_bytes <= 2^60.
-  const std::uint64_t region_blocks = RoundToSizeClass(
-      DivideRoundUp(region_bytes + kHugeSegmentOverheadBytes + alignment, kSegmentBytes));
+  const std::uint64_t region_blocks = RoundToSizeClass(DivideRoundUp(
+      region_bytes + kHugeSegmentOverheadBytes + alignment, kSegmentBytes));
   // Twice the budget in whole segments: a metadata object above 16 MiB takes
   // a dedicated segment and can waste up to half of it.
   const std::uint64_t metadata_blocks = RoundToSizeClass(
-      2 * DivideRoundUp(options.metadata_bytes, kSegmentBytes) + kMetadataSlackSegments);
+      2 * DivideRoundUp(options.metadata_bytes, kSegmentBytes) +
+      kMetadataSlackSegments);
 
   // A pooled arena whose region slot cannot be placed (its blocks fragmented
   // by metadata segments another thread still holds) is retired and the next
@@ -360,28 +383,36 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
     bool fresh = false;
     RPA_ASSIGN_OR_RETURN(
         PooledArena arena,
-        ArenaPool::Get().Acquire(*mi, region_blocks, metadata_blocks, options.huge_pages, &fresh));
+        ArenaPool::Get().Acquire(*mi, region_blocks, metadata_blocks,
+                                 options.huge_pages, &fresh));
     // The region always takes the arena's whole slot, whatever this Arena
     // needs: every life of the arena then places the same number of blocks,
     // and the blocks freed by the previous life are always enough.
-    const std::size_t slot_bytes = RegionSlotBytes(arena.region_blocks, options.huge_pages);
+    const std::size_t slot_bytes =
+        RegionSlotBytes(arena.region_blocks, options.huge_pages);
     mi_heap_t* heap = ThreadHeap(*mi, arena.id);
-    void* block = heap != nullptr ? mi->heap_malloc_aligned(heap, slot_bytes, alignment) : nullptr;
+    void* block = heap != nullptr
+                      ? mi->heap_malloc_aligned(heap, slot_bytes, alignment)
+                      : nullptr;
     if (block == nullptr) {
       ArenaPool::Get().Release(arena.id, /*retire=*/!fresh);
       if (!fresh) continue;
       return ResourceExhaustedError(
-          fmt::format("mimalloc could not place the {}-byte page region in a new {}-byte arena "
+          fmt::format("mimalloc could not place the {}-byte page region in a "
+                      "new {}-byte arena "
                       "(unit_bytes {}, num_units {})",
-                      slot_bytes, arena.reserved_bytes, options.unit_bytes, options.num_units));
+                      slot_bytes, arena.reserved_bytes, options.unit_bytes,
+                      options.num_units));
     }
     auto* region = static_cast<std::byte*>(block);
-    if (region < arena.start || region + slot_bytes > arena.start + arena.reserved_bytes) {
+    if (region < arena.start ||
+        region + slot_bytes > arena.start + arena.reserved_bytes) {
       mi->free(block);
       ArenaPool::Get().Release(arena.id, /*retire=*/true);
       return InternalError(fmt::format(
           "mimalloc placed the page region at {} outside its arena [{}, +{})",
-          static_cast<void*>(region), static_cast<void*>(arena.start), arena.reserved_bytes));
+          static_cast<void*>(region), static_cast<void*>(arena.start),
+          arena.reserved_bytes));
     }
     if (options.huge_pages) {
       // Best effort: without transparent huge pages (or in "never" mode) the
@@ -391,8 +422,10 @@ StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
     std::unique_ptr<Impl> impl;
     std::unique_ptr<Arena> result;
     try {
-      impl = std::make_unique<Impl>(mi, arena, region, slot_bytes, options.metadata_bytes);
-      // If this allocation throws, `impl` is still ours and gives the region back.
+      impl = std::make_unique<Impl>(mi, arena, region, slot_bytes,
+                                    options.metadata_bytes);
+      // If this allocation throws, `impl` is still ours and gives the region
+      // back.
       result = std::unique_ptr<Arena>(new Arena(std::move(impl)));
     } catch (const std::bad_alloc&) {
       if (impl == nullptr && result == nullptr) {
@@ -418,7 +451,9 @@ std::byte* Arena::UnitAddress(std::uint64_t index) const noexcept {
   return base_ + index * unit_bytes_;
 }
 
-std::pmr::memory_resource* Arena::metadata_resource() noexcept { return impl_->metadata(); }
+std::pmr::memory_resource* Arena::metadata_resource() noexcept {
+  return impl_->metadata();
+}
 
 ArenaStats Arena::Stats() const noexcept {
   return ArenaStats{.region_bytes = region_bytes(),

@@ -27,7 +27,8 @@
 namespace rpa::memory {
 namespace {
 
-constexpr std::uint32_t kMaxLengthTokens = std::numeric_limits<std::int32_t>::max();
+constexpr std::uint32_t kMaxLengthTokens =
+    std::numeric_limits<std::int32_t>::max();
 // page_indices are int32 (SPEC section 1).
 constexpr std::uint32_t kMaxNumPages = std::uint32_t{1} << 31;
 // The Arena's largest region.
@@ -61,9 +62,9 @@ std::uint64_t RawId(SequenceId seq) { return static_cast<std::uint64_t>(seq); }
 
 Status ValidateConfig(const KvCacheConfig& config) {
   const auto positive = [](const char* field, std::uint32_t value) {
-    return value > 0
-               ? OkStatus()
-               : InvalidArgumentError(fmt::format("{} must be positive, got {}", field, value));
+    return value > 0 ? OkStatus()
+                     : InvalidArgumentError(fmt::format(
+                           "{} must be positive, got {}", field, value));
   };
   RPA_RETURN_IF_ERROR(positive("num_pages", config.num_pages));
   RPA_RETURN_IF_ERROR(positive("page_size_tokens", config.page_size_tokens));
@@ -73,27 +74,34 @@ Status ValidateConfig(const KvCacheConfig& config) {
   RPA_RETURN_IF_ERROR(positive("max_sequences", config.max_sequences));
   if (config.num_pages >= kMaxNumPages) {
     return InvalidArgumentError(fmt::format(
-        "num_pages must be below 2^31 (page indices are int32), got {}", config.num_pages));
+        "num_pages must be below 2^31 (page indices are int32), got {}",
+        config.num_pages));
   }
-  if (config.storage != StorageType::kF32 && config.storage != StorageType::kF16 &&
+  if (config.storage != StorageType::kF32 &&
+      config.storage != StorageType::kF16 &&
       config.storage != StorageType::kBf16) {
     return InvalidArgumentError(
-        fmt::format("storage must be f32, f16 or bf16, got {}", static_cast<int>(config.storage)));
+        fmt::format("storage must be f32, f16 or bf16, got {}",
+                    static_cast<int>(config.storage)));
   }
-  // num_layers * num_pages * page_size_tokens * 2 * num_kv_heads * head_dim * element bytes
+  // num_layers * num_pages * page_size_tokens * 2 * num_kv_heads * head_dim *
+  // element bytes
   std::uint64_t bytes = StorageBytes(config.storage) * std::uint64_t{2};
   bool overflow = false;
-  for (std::uint64_t factor : {std::uint64_t{config.num_kv_heads}, std::uint64_t{config.head_dim},
-                               std::uint64_t{config.page_size_tokens},
-                               std::uint64_t{config.num_pages}, std::uint64_t{config.num_layers}}) {
+  for (std::uint64_t factor :
+       {std::uint64_t{config.num_kv_heads}, std::uint64_t{config.head_dim},
+        std::uint64_t{config.page_size_tokens}, std::uint64_t{config.num_pages},
+        std::uint64_t{config.num_layers}}) {
     overflow = overflow || __builtin_mul_overflow(bytes, factor, &bytes);
   }
   if (overflow || bytes > kMaxCacheBytes) {
     return InvalidArgumentError(fmt::format(
-        "the cache of num_layers {} x num_pages {} x page_size_tokens {} x 2 x num_kv_heads {} x "
+        "the cache of num_layers {} x num_pages {} x page_size_tokens {} x 2 x "
+        "num_kv_heads {} x "
         "head_dim {} x {} bytes ({}) exceeds 2^62 bytes",
-        config.num_layers, config.num_pages, config.page_size_tokens, config.num_kv_heads,
-        config.head_dim, StorageBytes(config.storage), StorageTypeName(config.storage)));
+        config.num_layers, config.num_pages, config.page_size_tokens,
+        config.num_kv_heads, config.head_dim, StorageBytes(config.storage),
+        StorageTypeName(config.storage)));
   }
   return OkStatus();
 }
@@ -104,18 +112,23 @@ Status ValidateConfig(const KvCacheConfig& config) {
 //  - one reference count per page;
 //  - the sequence slots, up to max_sequences, twice for the moment the growing
 //    vector holds its old and new buffers;
-//  - page tables of kPageTableEntriesPerPage * num_pages entries in total, twice
+//  - page tables of kPageTableEntriesPerPage * num_pages entries in total,
+//  twice
 //    for geometric growth;
 //  - fixed headroom.
 // Past it, Reserve / Fork / CreateSequence return ResourceExhausted.
 std::size_t MetadataBudgetBytes(const KvCacheConfig& config,
                                 const PageAllocatorOptions& allocator) {
   const std::uint64_t num_pages = config.num_pages;
-  const std::uint64_t allocator_bytes = internal::PagePool<std::atomic>::MetadataBytes(allocator);
+  const std::uint64_t allocator_bytes =
+      internal::PagePool<std::atomic>::MetadataBytes(allocator);
   const std::uint64_t refcount_bytes = num_pages * sizeof(std::uint32_t);
-  const std::uint64_t slot_bytes = 2 * std::uint64_t{config.max_sequences} * sizeof(Slot);
-  const std::uint64_t page_table_bytes = 2 * kPageTableEntriesPerPage * num_pages * sizeof(PageId);
-  return allocator_bytes + refcount_bytes + slot_bytes + page_table_bytes + kMetadataHeadroomBytes;
+  const std::uint64_t slot_bytes =
+      2 * std::uint64_t{config.max_sequences} * sizeof(Slot);
+  const std::uint64_t page_table_bytes =
+      2 * kPageTableEntriesPerPage * num_pages * sizeof(PageId);
+  return allocator_bytes + refcount_bytes + slot_bytes + page_table_bytes +
+         kMetadataHeadroomBytes;
 }
 
 }  // namespace
@@ -137,7 +150,8 @@ class KvCache::Impl {
       refcounts_.assign(config_.num_pages, 0);
     } catch (const std::bad_alloc&) {
       return ResourceExhaustedError(fmt::format(
-          "metadata budget of {} bytes cannot hold the reference counts of num_pages {}",
+          "metadata budget of {} bytes cannot hold the reference counts of "
+          "num_pages {}",
           arena_->Stats().metadata_budget_bytes, config_.num_pages));
     }
     RPA_ASSIGN_OR_RETURN(allocator_, PageAllocator::Create(allocator_options));
@@ -165,11 +179,12 @@ class KvCache::Impl {
     std::uint32_t index = 0;
     std::pmr::vector<PageId> pages(resource_);
     try {
-      pages = slots_[parent_index].pages;  // a copy of the entries, capacity = size
-      index = AcquireSlot();               // may move the slots: an index, never a reference
+      pages =
+          slots_[parent_index].pages;  // a copy of the entries, capacity = size
+      index = AcquireSlot();  // may move the slots: an index, never a reference
     } catch (const std::bad_alloc&) {
-      return MetadataExhausted(
-          fmt::format("the page table of a fork of sequence {}", RawId(parent)));
+      return MetadataExhausted(fmt::format(
+          "the page table of a fork of sequence {}", RawId(parent)));
     }
     for (PageId page : pages) AddReference(page);
     Slot& child = slots_[index];
@@ -186,24 +201,28 @@ class KvCache::Impl {
     Slot& slot = slots_[index];
     const std::uint32_t ps = config_.page_size_tokens;
     if (num_tokens > kMaxLengthTokens - slot.length) {
-      return InvalidArgumentError(fmt::format(
-          "num_tokens {} would grow sequence {} from {} to {} tokens, above 2^31 - 1", num_tokens,
-          RawId(seq), slot.length, std::uint64_t{slot.length} + num_tokens));
+      return InvalidArgumentError(
+          fmt::format("num_tokens {} would grow sequence {} from {} to {} "
+                      "tokens, above 2^31 - 1",
+                      num_tokens, RawId(seq), slot.length,
+                      std::uint64_t{slot.length} + num_tokens));
     }
     const std::uint32_t new_length = slot.length + num_tokens;
     const auto old_pages = static_cast<std::uint32_t>(slot.pages.size());
-    const auto new_pages = static_cast<std::uint32_t>(DivideRoundUp(new_length, ps));
+    const auto new_pages =
+        static_cast<std::uint32_t>(DivideRoundUp(new_length, ps));
     // The new tokens start in the last page when it has room; if that page is
     // shared, this sequence must write into a private copy of it.
     const std::uint32_t filled_in_last = slot.length % ps;
-    const bool copy_last = filled_in_last != 0 && refcounts_[PageIndex(slot.pages.back())] > 1;
+    const bool copy_last =
+        filled_in_last != 0 && refcounts_[PageIndex(slot.pages.back())] > 1;
     const std::uint32_t needed = new_pages - old_pages + (copy_last ? 1 : 0);
 
     const std::uint32_t free_pages = config_.num_pages - used_pages_;
     if (needed > free_pages) {
       return ResourceExhaustedError(
-          fmt::format("sequence {}: {} more tokens need {} pages, {} free", RawId(seq), num_tokens,
-                      needed, free_pages));
+          fmt::format("sequence {}: {} more tokens need {} pages, {} free",
+                      RawId(seq), num_tokens, needed, free_pages));
     }
     // Metadata before pages: growing the table can fail without side effects,
     // giving pages back could not (it would move the high-water mark). The
@@ -212,31 +231,36 @@ class KvCache::Impl {
     const std::size_t table_entries = std::size_t{old_pages} + needed;
     if (slot.pages.capacity() < table_entries) {
       const std::size_t capacity = std::max<std::size_t>(
-          table_entries, std::min<std::size_t>(2 * slot.pages.capacity(), config_.num_pages));
+          table_entries,
+          std::min<std::size_t>(2 * slot.pages.capacity(), config_.num_pages));
       try {
         slot.pages.reserve(capacity);
       } catch (const std::bad_alloc&) {
         return MetadataExhausted(
-            fmt::format("a page table of {} entries for sequence {}", capacity, RawId(seq)));
+            fmt::format("a page table of {} entries for sequence {}", capacity,
+                        RawId(seq)));
       }
     }
     if (needed > 0) {
       slot.pages.resize(table_entries);  // within capacity: no allocation
-      if (!allocator_->AllocateN(std::span<PageId>(slot.pages).subspan(old_pages))) {
+      if (!allocator_->AllocateN(
+              std::span<PageId>(slot.pages).subspan(old_pages))) {
         // Unreachable while this cache is the allocator's only user.
         slot.pages.resize(old_pages);
-        return ResourceExhaustedError(
-            fmt::format("sequence {}: {} more tokens need {} pages, {} free", RawId(seq),
-                        num_tokens, needed, allocator_->Stats().free_pages));
+        return ResourceExhaustedError(fmt::format(
+            "sequence {}: {} more tokens need {} pages, {} free", RawId(seq),
+            num_tokens, needed, allocator_->Stats().free_pages));
       }
-      for (std::size_t i = old_pages; i < table_entries; ++i) TakeNewPage(slot.pages[i]);
+      for (std::size_t i = old_pages; i < table_entries; ++i)
+        TakeNewPage(slot.pages[i]);
       if (copy_last) {
         const PageId copy = slot.pages.back();
         slot.pages.pop_back();
         const PageId shared = slot.pages[old_pages - 1];
         const std::size_t bytes = std::size_t{filled_in_last} * token_bytes_;
         for (std::uint32_t layer = 0; layer < config_.num_layers; ++layer) {
-          std::memcpy(PageAddress(layer, copy), PageAddress(layer, shared), bytes);
+          std::memcpy(PageAddress(layer, copy), PageAddress(layer, shared),
+                      bytes);
         }
         slot.pages[old_pages - 1] = copy;
         DropReference(shared);  // another sequence still holds it
@@ -256,14 +280,17 @@ class KvCache::Impl {
     for (PageId page : slot.pages) {
       if (DropReference(page) == 0) slot.pages[unreferenced++] = page;
     }
-    const Status freed =
-        allocator_->FreeN(std::span<const PageId>(slot.pages.data(), unreferenced));
+    const Status freed = allocator_->FreeN(
+        std::span<const PageId>(slot.pages.data(), unreferenced));
     RPA_CHECK_MSG(freed.ok(), freed.ToString().c_str());
-    std::pmr::vector<PageId>(resource_).swap(slot.pages);  // releases the table's memory
+    std::pmr::vector<PageId>(resource_).swap(
+        slot.pages);  // releases the table's memory
     slot.live = false;
     slot.length = 0;
     slot.generation =
-        slot.generation == std::numeric_limits<std::uint32_t>::max() ? 1 : slot.generation + 1;
+        slot.generation == std::numeric_limits<std::uint32_t>::max()
+            ? 1
+            : slot.generation + 1;
     slot.next_free = free_head_;  // the free list is intrusive: no allocation
     free_head_ = index;
     --num_sequences_;
@@ -281,7 +308,8 @@ class KvCache::Impl {
     return std::span<const PageId>(slot.pages.data(), slot.pages.size());
   }
 
-  Status ExportBatch(std::span<const SequenceId> seqs, std::uint32_t pages_per_sequence,
+  Status ExportBatch(std::span<const SequenceId> seqs,
+                     std::uint32_t pages_per_sequence,
                      BatchPageTable* out) const {
     if (out == nullptr) return InvalidArgumentError("out must not be null");
     std::uint32_t most_pages = 0;
@@ -290,21 +318,23 @@ class KvCache::Impl {
       const auto pages = static_cast<std::uint32_t>(slots_[index].pages.size());
       if (pages_per_sequence != 0 && pages > pages_per_sequence) {
         return InvalidArgumentError(
-            fmt::format("pages_per_sequence {} is less than the {} pages of sequence {} (seqs[{}])",
+            fmt::format("pages_per_sequence {} is less than the {} pages of "
+                        "sequence {} (seqs[{}])",
                         pages_per_sequence, pages, RawId(seqs[i]), i));
       }
       most_pages = std::max(most_pages, pages);
     }
-    const std::uint32_t pps =
-        pages_per_sequence != 0 ? pages_per_sequence : std::max<std::uint32_t>(most_pages, 1);
+    const std::uint32_t pps = pages_per_sequence != 0
+                                  ? pages_per_sequence
+                                  : std::max<std::uint32_t>(most_pages, 1);
     const std::size_t num_entries = seqs.size() * std::size_t{pps};
     try {
       // Reserving first keeps *out's contents untouched if memory runs out.
       out->kv_lens.reserve(seqs.size());
       out->page_indices.reserve(num_entries);
     } catch (const std::bad_alloc&) {
-      return ResourceExhaustedError(
-          fmt::format("no memory for a batch page table of {} entries", num_entries));
+      return ResourceExhaustedError(fmt::format(
+          "no memory for a batch page table of {} entries", num_entries));
     }
     out->kv_lens.clear();
     out->page_indices.assign(num_entries, 0);
@@ -312,7 +342,8 @@ class KvCache::Impl {
       const Slot& slot = slots_[static_cast<std::uint32_t>(RawId(seqs[i]))];
       out->kv_lens.push_back(static_cast<std::int32_t>(slot.length));
       for (std::size_t p = 0; p < slot.pages.size(); ++p) {
-        out->page_indices[i * pps + p] = static_cast<std::int32_t>(PageIndex(slot.pages[p]));
+        out->page_indices[i * pps + p] =
+            static_cast<std::int32_t>(PageIndex(slot.pages[p]));
       }
     }
     out->pages_per_sequence = pps;
@@ -320,29 +351,32 @@ class KvCache::Impl {
   }
 
   std::uint32_t RefCount(PageId page) const {
-    return PageIndex(page) < config_.num_pages ? refcounts_[PageIndex(page)] : 0;
+    return PageIndex(page) < config_.num_pages ? refcounts_[PageIndex(page)]
+                                               : 0;
   }
 
   KvLayerView Layer(std::uint32_t layer) const {
     RPA_CHECK(layer < config_.num_layers);
-    return KvLayerView{.data = arena_->UnitAddress(std::uint64_t{layer} * config_.num_pages),
-                       .num_pages = config_.num_pages,
-                       .page_size_tokens = config_.page_size_tokens,
-                       .num_combined_heads = 2 * config_.num_kv_heads,
-                       .head_dim = config_.head_dim,
-                       .storage = config_.storage,
-                       .token_bytes = token_bytes_,
-                       .page_bytes = page_bytes_};
+    return KvLayerView{
+        .data = arena_->UnitAddress(std::uint64_t{layer} * config_.num_pages),
+        .num_pages = config_.num_pages,
+        .page_size_tokens = config_.page_size_tokens,
+        .num_combined_heads = 2 * config_.num_kv_heads,
+        .head_dim = config_.head_dim,
+        .storage = config_.storage,
+        .token_bytes = token_bytes_,
+        .page_bytes = page_bytes_};
   }
 
   KvCacheStats Stats() const {
-    return KvCacheStats{.num_pages = config_.num_pages,
-                        .free_pages = config_.num_pages - used_pages_,
-                        .used_pages = used_pages_,
-                        .high_water_pages = high_water_pages_,
-                        .shared_pages = shared_pages_,
-                        .num_sequences = num_sequences_,
-                        .metadata_used_bytes = arena_->Stats().metadata_used_bytes};
+    return KvCacheStats{
+        .num_pages = config_.num_pages,
+        .free_pages = config_.num_pages - used_pages_,
+        .used_pages = used_pages_,
+        .high_water_pages = high_water_pages_,
+        .shared_pages = shared_pages_,
+        .num_sequences = num_sequences_,
+        .metadata_used_bytes = arena_->Stats().metadata_used_bytes};
   }
 
  private:
@@ -351,9 +385,11 @@ class KvCache::Impl {
     const std::uint64_t raw = RawId(seq);
     const auto index = static_cast<std::uint32_t>(raw);
     const auto generation = static_cast<std::uint32_t>(raw >> 32);
-    if (index >= slots_.size() || !slots_[index].live || slots_[index].generation != generation) {
+    if (index >= slots_.size() || !slots_[index].live ||
+        slots_[index].generation != generation) {
       return NotFoundError(
-          fmt::format("sequence {} (slot {}, generation {}) is not a live sequence of this cache",
+          fmt::format("sequence {} (slot {}, generation {}) is not a live "
+                      "sequence of this cache",
                       raw, index, generation));
     }
     return index;
@@ -361,17 +397,18 @@ class KvCache::Impl {
 
   Status CheckSequenceLimit() const {
     if (num_sequences_ >= config_.max_sequences) {
-      return ResourceExhaustedError(fmt::format(
-          "max_sequences {} sequences are live; free one first", config_.max_sequences));
+      return ResourceExhaustedError(
+          fmt::format("max_sequences {} sequences are live; free one first",
+                      config_.max_sequences));
     }
     return OkStatus();
   }
 
   Status MetadataExhausted(std::string_view what) const {
     const ArenaStats stats = arena_->Stats();
-    return ResourceExhaustedError(
-        fmt::format("the metadata budget of {} bytes ({} used) cannot hold {}",
-                    stats.metadata_budget_bytes, stats.metadata_used_bytes, what));
+    return ResourceExhaustedError(fmt::format(
+        "the metadata budget of {} bytes ({} used) cannot hold {}",
+        stats.metadata_budget_bytes, stats.metadata_used_bytes, what));
   }
 
   // A free slot index (its Slot holds no pages). Throws std::bad_alloc, with
@@ -385,15 +422,18 @@ class KvCache::Impl {
     }
     if (slots_.size() == slots_.capacity()) {
       // Strong guarantee: a throwing reserve leaves slots_ as it was.
-      slots_.reserve(std::min<std::size_t>(std::max<std::size_t>(2 * slots_.capacity(), 16),
-                                           config_.max_sequences));
+      slots_.reserve(std::min<std::size_t>(
+          std::max<std::size_t>(2 * slots_.capacity(), 16),
+          config_.max_sequences));
     }
-    slots_.emplace_back(resource_);  // within capacity; an empty pmr vector allocates nothing
+    slots_.emplace_back(
+        resource_);  // within capacity; an empty pmr vector allocates nothing
     return static_cast<std::uint32_t>(slots_.size() - 1);
   }
 
   std::byte* PageAddress(std::uint32_t layer, PageId page) const {
-    return arena_->UnitAddress(std::uint64_t{layer} * config_.num_pages + PageIndex(page));
+    return arena_->UnitAddress(std::uint64_t{layer} * config_.num_pages +
+                               PageIndex(page));
   }
 
   void TakeNewPage(PageId page) {
@@ -428,17 +468,20 @@ class KvCache::Impl {
   std::unique_ptr<PageAllocator> allocator_;
   std::pmr::vector<std::uint32_t> refcounts_;  // [num_pages]; 0 = free
   std::pmr::vector<Slot> slots_;
-  std::uint32_t free_head_ = kNoSlot;  // slots of freed sequences, linked by next_free
+  std::uint32_t free_head_ =
+      kNoSlot;  // slots of freed sequences, linked by next_free
   std::uint32_t num_sequences_ = 0;
   std::uint32_t used_pages_ = 0;    // pages with a reference
   std::uint32_t shared_pages_ = 0;  // pages with more than one reference
   std::uint32_t high_water_pages_ = 0;
 };
 
-StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& config) {
+StatusOr<std::unique_ptr<KvCache>> KvCache::Create(
+    const KvCacheConfig& config) {
   RPA_RETURN_IF_ERROR(ValidateConfig(config));
-  const std::size_t token_bytes =
-      std::size_t{2} * config.num_kv_heads * config.head_dim * StorageBytes(config.storage);
+  const std::size_t token_bytes = std::size_t{2} * config.num_kv_heads *
+                                  config.head_dim *
+                                  StorageBytes(config.storage);
   const std::size_t page_bytes = token_bytes * config.page_size_tokens;
   // Layer-major: layer l is units [l * num_pages, (l + 1) * num_pages), one
   // contiguous SPEC tensor.
@@ -446,15 +489,17 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& config) 
   allocator_options.num_pages = config.num_pages;
   RPA_ASSIGN_OR_RETURN(
       std::unique_ptr<Arena> arena,
-      Arena::Create({.unit_bytes = page_bytes,
-                     .num_units = std::uint64_t{config.num_layers} * config.num_pages,
-                     .metadata_bytes = MetadataBudgetBytes(config, allocator_options),
-                     .huge_pages = config.huge_pages}));
+      Arena::Create(
+          {.unit_bytes = page_bytes,
+           .num_units = std::uint64_t{config.num_layers} * config.num_pages,
+           .metadata_bytes = MetadataBudgetBytes(config, allocator_options),
+           .huge_pages = config.huge_pages}));
   // Freed pages are poisoned (ASan) in every layer.
-  allocator_options.memory = PageMemory{.base = arena->base(),
-                                        .page_bytes = page_bytes,
-                                        .num_planes = config.num_layers,
-                                        .plane_stride_bytes = page_bytes * config.num_pages};
+  allocator_options.memory =
+      PageMemory{.base = arena->base(),
+                 .page_bytes = page_bytes,
+                 .num_planes = config.num_layers,
+                 .plane_stride_bytes = page_bytes * config.num_pages};
   allocator_options.metadata = arena->metadata_resource();
   std::unique_ptr<Impl> impl;
   try {
@@ -475,24 +520,35 @@ KvCache::KvCache(const KvCacheConfig& config, std::unique_ptr<Impl> impl)
 
 KvCache::~KvCache() = default;
 
-StatusOr<SequenceId> KvCache::CreateSequence() { return impl_->CreateSequence(); }
-StatusOr<SequenceId> KvCache::Fork(SequenceId parent) { return impl_->Fork(parent); }
+StatusOr<SequenceId> KvCache::CreateSequence() {
+  return impl_->CreateSequence();
+}
+StatusOr<SequenceId> KvCache::Fork(SequenceId parent) {
+  return impl_->Fork(parent);
+}
 Status KvCache::Reserve(SequenceId seq, std::uint32_t num_tokens) {
   return impl_->Reserve(seq, num_tokens);
 }
-Status KvCache::FreeSequence(SequenceId seq) { return impl_->FreeSequence(seq); }
+Status KvCache::FreeSequence(SequenceId seq) {
+  return impl_->FreeSequence(seq);
+}
 StatusOr<std::uint32_t> KvCache::SequenceLength(SequenceId seq) const {
   return impl_->SequenceLength(seq);
 }
 StatusOr<std::span<const PageId>> KvCache::PageTable(SequenceId seq) const {
   return impl_->PageTable(seq);
 }
-Status KvCache::ExportBatch(std::span<const SequenceId> seqs, std::uint32_t pages_per_sequence,
+Status KvCache::ExportBatch(std::span<const SequenceId> seqs,
+                            std::uint32_t pages_per_sequence,
                             BatchPageTable* out) const {
   return impl_->ExportBatch(seqs, pages_per_sequence, out);
 }
-std::uint32_t KvCache::RefCount(PageId page) const { return impl_->RefCount(page); }
-KvLayerView KvCache::Layer(std::uint32_t layer) const { return impl_->Layer(layer); }
+std::uint32_t KvCache::RefCount(PageId page) const {
+  return impl_->RefCount(page);
+}
+KvLayerView KvCache::Layer(std::uint32_t layer) const {
+  return impl_->Layer(layer);
+}
 KvCacheStats KvCache::Stats() const { return impl_->Stats(); }
 
 }  // namespace rpa::memory

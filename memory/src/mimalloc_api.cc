@@ -7,7 +7,8 @@
 #if !RPA_MIMALLOC_OVERRIDE
 #include <dlfcn.h>
 #ifndef RPA_MIMALLOC_SONAME
-#error "memory/CMakeLists.txt defines RPA_MIMALLOC_SONAME when RPA_MIMALLOC_OVERRIDE is off"
+#error \
+    "memory/CMakeLists.txt defines RPA_MIMALLOC_SONAME when RPA_MIMALLOC_OVERRIDE is off"
 #endif
 #endif
 
@@ -40,7 +41,8 @@ bool Resolve(void* handle, const char* name, Fn* fn, std::string* error) {
   void* symbol = dlsym(handle, name);
   if (symbol == nullptr) {
     const char* message = dlerror();
-    *error = message != nullptr ? message : fmt::format("symbol {} not found", name);
+    *error =
+        message != nullptr ? message : fmt::format("symbol {} not found", name);
     return false;
   }
   // POSIX guarantees that a data pointer from dlsym converts to a function
@@ -53,27 +55,33 @@ StatusOr<const MimallocApi*> Load() {
   // RTLD_LOCAL keeps mimalloc's exported malloc/free out of the global symbol
   // scope, so the host's allocator stays the process allocator. RTLD_NODELETE
   // documents (and enforces) that the library stays mapped for good.
-  void* handle = dlopen(RPA_MIMALLOC_SONAME, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  void* handle =
+      dlopen(RPA_MIMALLOC_SONAME, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (handle == nullptr) {
     const char* message = dlerror();
-    return UnavailableError(fmt::format("cannot load {}: {}", RPA_MIMALLOC_SONAME,
-                                        message != nullptr ? message : "unknown error"));
+    return UnavailableError(
+        fmt::format("cannot load {}: {}", RPA_MIMALLOC_SONAME,
+                    message != nullptr ? message : "unknown error"));
   }
   static MimallocApi api;
   std::string error;
-  const bool ok = Resolve(handle, "mi_version", &api.version, &error) &&
-                  Resolve(handle, "mi_reserve_os_memory_ex", &api.reserve_os_memory_ex, &error) &&
-                  Resolve(handle, "mi_arena_area", &api.arena_area, &error) &&
-                  Resolve(handle, "mi_heap_new_in_arena", &api.heap_new_in_arena, &error) &&
-                  Resolve(handle, "mi_heap_malloc", &api.heap_malloc, &error) &&
-                  Resolve(handle, "mi_heap_malloc_aligned", &api.heap_malloc_aligned, &error) &&
-                  Resolve(handle, "mi_heap_collect", &api.heap_collect, &error) &&
-                  Resolve(handle, "mi_free", &api.free, &error) &&
-                  Resolve(handle, "mi_is_in_heap_region", &api.is_in_heap_region, &error);
+  const bool ok =
+      Resolve(handle, "mi_version", &api.version, &error) &&
+      Resolve(handle, "mi_reserve_os_memory_ex", &api.reserve_os_memory_ex,
+              &error) &&
+      Resolve(handle, "mi_arena_area", &api.arena_area, &error) &&
+      Resolve(handle, "mi_heap_new_in_arena", &api.heap_new_in_arena, &error) &&
+      Resolve(handle, "mi_heap_malloc", &api.heap_malloc, &error) &&
+      Resolve(handle, "mi_heap_malloc_aligned", &api.heap_malloc_aligned,
+              &error) &&
+      Resolve(handle, "mi_heap_collect", &api.heap_collect, &error) &&
+      Resolve(handle, "mi_free", &api.free, &error) &&
+      Resolve(handle, "mi_is_in_heap_region", &api.is_in_heap_region, &error);
   if (!ok) {
     // Never dlclose: a partially initialized mimalloc may have registered
     // thread-exit hooks.
-    return UnavailableError(fmt::format("cannot load {}: {}", RPA_MIMALLOC_SONAME, error));
+    return UnavailableError(
+        fmt::format("cannot load {}: {}", RPA_MIMALLOC_SONAME, error));
   }
   return &api;
 }

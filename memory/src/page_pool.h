@@ -152,9 +152,11 @@ class MetadataArray {
   MetadataArray() = default;
   // init(T* where, std::size_t i) constructs element i and must not throw.
   template <typename Init>
-  MetadataArray(std::pmr::memory_resource* resource, std::size_t size, std::size_t alignment,
-                Init init)
-      : resource_(resource), size_(size), alignment_(std::max(alignment, alignof(T))) {
+  MetadataArray(std::pmr::memory_resource* resource, std::size_t size,
+                std::size_t alignment, Init init)
+      : resource_(resource),
+        size_(size),
+        alignment_(std::max(alignment, alignof(T))) {
     if (size_ == 0) return;
     data_ = static_cast<T*>(resource_->allocate(size_ * sizeof(T), alignment_));
     for (std::size_t i = 0; i < size_; ++i) init(data_ + i, i);
@@ -200,7 +202,8 @@ class PagePool {
     Cache* cache = LocalCache();
     if (cache == nullptr) return AllocateUncached();
     const std::uint32_t page = Take(*cache);
-    if (page == kNilPage) [[unlikely]] return AllocateRefill(*cache);
+    if (page == kNilPage) [[unlikely]]
+      return AllocateRefill(*cache);
     Commit(page);
     CountAllocations(*cache, 1);
     return page;
@@ -210,13 +213,15 @@ class PagePool {
 
   Status Free(PageId page) noexcept {
     const std::uint32_t index = PageIndex(page);
-    if (index >= num_pages_) [[unlikely]] return OutOfRangeError(index);
+    if (index >= num_pages_) [[unlikely]]
+      return OutOfRangeError(index);
     std::uint8_t expected = kAllocated;
     // Relaxed: the CAS only arbitrates ownership of the page between racing
     // frees. Data visibility for the next owner is carried by the release
     // with which the page is published (deque bottom / stack head).
-    if (!state_[index].compare_exchange_strong(expected, kFree, std::memory_order_relaxed,
-                                               std::memory_order_relaxed)) [[unlikely]] {
+    if (!state_[index].compare_exchange_strong(
+            expected, kFree, std::memory_order_relaxed,
+            std::memory_order_relaxed)) [[unlikely]] {
       return NotAllocatedError(index);
     }
     Poison(index);
@@ -233,7 +238,8 @@ class PagePool {
 
   bool IsAllocated(PageId page) const noexcept {
     const std::uint32_t index = PageIndex(page);
-    return index < num_pages_ && state_[index].load(std::memory_order_relaxed) == kAllocated;
+    return index < num_pages_ &&
+           state_[index].load(std::memory_order_relaxed) == kAllocated;
   }
 
   PageAllocatorStats Stats() const noexcept;
@@ -248,23 +254,30 @@ class PagePool {
   void ReleaseThreadCache() noexcept;
   // For tests: whether the calling thread has (or can claim) a cache.
   bool HasThreadCache() noexcept { return LocalCache() != nullptr; }
-  std::uint32_t CountOwnedCaches() const noexcept { return CountSlots(kSlotOwned); }
-  std::uint32_t CountOrphanedCaches() const noexcept { return CountSlots(kSlotOrphaned); }
+  std::uint32_t CountOwnedCaches() const noexcept {
+    return CountSlots(kSlotOwned);
+  }
+  std::uint32_t CountOrphanedCaches() const noexcept {
+    return CountSlots(kSlotOrphaned);
+  }
 
  private:
   static constexpr std::uint8_t kFree = 0;
   static constexpr std::uint8_t kAllocated = 1;
   static constexpr std::uint32_t kSlotUnused = 0;  // never claimed: empty
   static constexpr std::uint32_t kSlotOwned = 1;
-  static constexpr std::uint32_t kSlotOrphaned = 2;  // owner exited; may hold pages
+  static constexpr std::uint32_t kSlotOrphaned =
+      2;  // owner exited; may hold pages
   // AllocateN pops the global stack in chunks so one CAS never has to win
   // against other threads for the duration of a 2048-node walk.
   static constexpr std::uint32_t kMaxPopChunk = 256;
-  // Reclaim rescans only while transfers are seen moving (bounded: never blocks).
+  // Reclaim rescans only while transfers are seen moving (bounded: never
+  // blocks).
   static constexpr int kMaxReclaimScans = 64;
   // transfers_: low 32 bits = transfers in progress, high 32 = completed.
   static constexpr std::uint64_t kTransferBegin = 1;
-  static constexpr std::uint64_t kTransferEnd = (std::uint64_t{1} << 32) - 1;  // +1 done, -1 busy
+  static constexpr std::uint64_t kTransferEnd =
+      (std::uint64_t{1} << 32) - 1;  // +1 done, -1 busy
   static constexpr std::size_t kMemoEntries = 16;
 
   using Traits = AtomicTraits<Atom>;
@@ -277,11 +290,13 @@ class PagePool {
     explicit Cache(Atom<std::uint32_t>* cache_slots) : slots(cache_slots) {}
     // Owner's line: written by the owner only.
     Atom<std::int64_t> bottom{0};
-    Atom<std::int64_t> delta{0};  // allocations - frees not yet published to used_
-    Atom<std::int64_t> peak{0};   // max prefix of delta since the last publish
-    std::int64_t top_bound = 0;   // owner-private lower bound of top
+    Atom<std::int64_t> delta{
+        0};  // allocations - frees not yet published to used_
+    Atom<std::int64_t> peak{0};  // max prefix of delta since the last publish
+    std::int64_t top_bound = 0;  // owner-private lower bound of top
     Atom<std::uint32_t>* const slots;
-    // Thieves' line: top moves by CAS only (thieves, or the owner's batch take).
+    // Thieves' line: top moves by CAS only (thieves, or the owner's batch
+    // take).
     alignas(kCacheLineBytes) Atom<std::int64_t> top{0};
     Atom<std::uint32_t> owner{kSlotUnused};
   };
@@ -298,7 +313,8 @@ class PagePool {
     Cache* hot_cache = nullptr;
     std::uint32_t num_entries = 0;
     bool exiting = false;
-    std::uint64_t purged_at = ~std::uint64_t{0};  // LivePools::NumUnregistered() at the last purge
+    std::uint64_t purged_at =
+        ~std::uint64_t{0};  // LivePools::NumUnregistered() at the last purge
     Entry entries[kMemoEntries] = {};
   };
   // Registers the thread-exit release the first time a thread claims a slot.
@@ -318,7 +334,9 @@ class PagePool {
   static std::uint64_t PackHead(std::uint32_t index, std::uint32_t tag) {
     return (std::uint64_t{tag} << 32) | index;
   }
-  static std::uint32_t HeadIndex(std::uint64_t head) { return static_cast<std::uint32_t>(head); }
+  static std::uint32_t HeadIndex(std::uint64_t head) {
+    return static_cast<std::uint32_t>(head);
+  }
   static std::uint32_t HeadTag(std::uint64_t head) {
     return static_cast<std::uint32_t>(head >> 32);
   }
@@ -330,7 +348,8 @@ class PagePool {
   // ---- Thread cache slots -------------------------------------------------
 
   Cache* LocalCache() noexcept {
-    if (memo_.hot_id == id_) [[likely]] return memo_.hot_cache;
+    if (memo_.hot_id == id_) [[likely]]
+      return memo_.hot_cache;
     return LocalCacheSlow();
   }
   Cache* LocalCacheSlow() noexcept;
@@ -348,9 +367,11 @@ class PagePool {
   // read of a slot happens-before the owner overwrites it after wrapping.
   bool TryPush(Cache& cache, std::uint32_t page) noexcept {
     const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
-    if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_)) [[unlikely]] {
+    if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_))
+        [[unlikely]] {
       cache.top_bound = cache.top.load(std::memory_order_acquire);
-      if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_)) return false;
+      if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_))
+        return false;
     }
     Slot(cache, b).store(page, std::memory_order_relaxed);
     cache.bottom.store(b + 1, std::memory_order_release);
@@ -392,11 +413,13 @@ class PagePool {
   // from the top with one CAS, then hands them to sink(i, page). Reading the
   // slots after the CAS is safe: only the owner (the caller) writes slots.
   template <typename Sink>
-  std::uint32_t TakeTop(Cache& cache, std::size_t max_pages, bool exactly, Sink&& sink) noexcept {
+  std::uint32_t TakeTop(Cache& cache, std::size_t max_pages, bool exactly,
+                        Sink&& sink) noexcept {
     const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
     std::int64_t t = cache.top.load(std::memory_order_acquire);
     for (;;) {
-      const std::int64_t n = std::min(b - t, static_cast<std::int64_t>(max_pages));
+      const std::int64_t n =
+          std::min(b - t, static_cast<std::int64_t>(max_pages));
       if (n <= 0 || (exactly && n < static_cast<std::int64_t>(max_pages))) {
         cache.top_bound = t;
         return 0;
@@ -404,7 +427,8 @@ class PagePool {
       if (cache.top.compare_exchange_weak(t, t + n, std::memory_order_acq_rel,
                                           std::memory_order_acquire)) {
         for (std::int64_t i = 0; i < n; ++i) {
-          sink(static_cast<std::uint32_t>(i), Slot(cache, t + i).load(std::memory_order_relaxed));
+          sink(static_cast<std::uint32_t>(i),
+               Slot(cache, t + i).load(std::memory_order_relaxed));
         }
         cache.top_bound = t + n;
         return static_cast<std::uint32_t>(n);
@@ -417,10 +441,11 @@ class PagePool {
   void PushN(Cache& cache, std::span<const PageId> pages) noexcept {
     const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
     for (std::size_t i = 0; i < pages.size(); ++i) {
-      Slot(cache, b + static_cast<std::int64_t>(i)).store(PageIndex(pages[i]),
-                                                          std::memory_order_relaxed);
+      Slot(cache, b + static_cast<std::int64_t>(i))
+          .store(PageIndex(pages[i]), std::memory_order_relaxed);
     }
-    cache.bottom.store(b + static_cast<std::int64_t>(pages.size()), std::memory_order_release);
+    cache.bottom.store(b + static_cast<std::int64_t>(pages.size()),
+                       std::memory_order_release);
   }
   bool HasRoom(Cache& cache, std::size_t n) noexcept {
     const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
@@ -459,9 +484,9 @@ class PagePool {
     std::uint64_t head = head_.load(std::memory_order_relaxed);
     do {
       next_[last].store(HeadIndex(head), std::memory_order_relaxed);
-    } while (!head_.compare_exchange_weak(head, PackHead(first, HeadTag(head) + 1),
-                                          std::memory_order_release,
-                                          std::memory_order_relaxed));
+    } while (!head_.compare_exchange_weak(
+        head, PackHead(first, HeadTag(head) + 1), std::memory_order_release,
+        std::memory_order_relaxed));
   }
 
   // Takes up to max_pages from the top with one CAS, calling sink(i, page)
@@ -490,7 +515,8 @@ class PagePool {
         if (n == max_pages || page == kNilPage) break;
       }
       if (head_.compare_exchange_weak(head, PackHead(page, HeadTag(head) + 1),
-                                      std::memory_order_acq_rel, std::memory_order_acquire)) {
+                                      std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
         return n;
       }
     }
@@ -498,7 +524,9 @@ class PagePool {
   std::uint32_t PopOne() noexcept {
     std::uint32_t page = kNilPage;
     // The sink also runs for walks whose CAS then fails: trust the count.
-    return PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; }) == 1 ? page : kNilPage;
+    return PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; }) == 1
+               ? page
+               : kNilPage;
   }
   bool GlobalLooksEmpty() const noexcept {
     return HeadIndex(head_.load(std::memory_order_relaxed)) == kNilPage;
@@ -506,8 +534,12 @@ class PagePool {
 
   // ---- Moving batches, reclaiming ------------------------------------------
 
-  void BeginTransfer() noexcept { transfers_.fetch_add(kTransferBegin, std::memory_order_seq_cst); }
-  void EndTransfer() noexcept { transfers_.fetch_add(kTransferEnd, std::memory_order_seq_cst); }
+  void BeginTransfer() noexcept {
+    transfers_.fetch_add(kTransferBegin, std::memory_order_seq_cst);
+  }
+  void EndTransfer() noexcept {
+    transfers_.fetch_add(kTransferEnd, std::memory_order_seq_cst);
+  }
 
   std::uint32_t Refill(Cache& cache) noexcept;
   void Flush(Cache& cache) noexcept;
@@ -528,11 +560,12 @@ class PagePool {
     Unpoison(page);
   }
 
-  // ---- Counters ---------------------------------------------------------------
-  // used_ holds published allocation counts; each cache accumulates its own
-  // (delta, peak) privately and publishes them when it exchanges a batch with
-  // the global pool, so the hot path writes only its own line. Threads
-  // without a cache publish every operation.
+  // ---- Counters
+  // --------------------------------------------------------------- used_ holds
+  // published allocation counts; each cache accumulates its own (delta, peak)
+  // privately and publishes them when it exchanges a batch with the global
+  // pool, so the hot path writes only its own line. Threads without a cache
+  // publish every operation.
 
   void CountAllocations(Cache& cache, std::int64_t n) noexcept {
     const std::int64_t delta = cache.delta.load(std::memory_order_relaxed) + n;
@@ -542,14 +575,16 @@ class PagePool {
     }
   }
   void CountFrees(Cache& cache, std::int64_t n) noexcept {
-    cache.delta.store(cache.delta.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+    cache.delta.store(cache.delta.load(std::memory_order_relaxed) - n,
+                      std::memory_order_relaxed);
   }
   void Publish(Cache& cache) noexcept {
     const std::int64_t delta = cache.delta.load(std::memory_order_relaxed);
     const std::int64_t peak = cache.peak.load(std::memory_order_relaxed);
     cache.delta.store(0, std::memory_order_relaxed);
     cache.peak.store(0, std::memory_order_relaxed);
-    const std::int64_t before = used_.fetch_add(delta, std::memory_order_relaxed);
+    const std::int64_t before =
+        used_.fetch_add(delta, std::memory_order_relaxed);
     RaiseHighWater(before + peak);
   }
   void CountUncached(std::int64_t n) noexcept {
@@ -558,8 +593,9 @@ class PagePool {
   }
   void RaiseHighWater(std::int64_t used) const noexcept {
     std::int64_t seen = high_water_.load(std::memory_order_relaxed);
-    while (used > seen && !high_water_.compare_exchange_weak(seen, used, std::memory_order_relaxed,
-                                                             std::memory_order_relaxed)) {
+    while (used > seen && !high_water_.compare_exchange_weak(
+                              seen, used, std::memory_order_relaxed,
+                              std::memory_order_relaxed)) {
     }
   }
 
@@ -567,14 +603,16 @@ class PagePool {
 
   void Poison(std::uint32_t page) const noexcept {
 #if RPA_HAS_ASAN
-    ForEachPlane(page, [](std::byte* p, std::size_t n) { RPA_ASAN_POISON(p, n); });
+    ForEachPlane(page,
+                 [](std::byte* p, std::size_t n) { RPA_ASAN_POISON(p, n); });
 #else
     (void)page;
 #endif
   }
   void Unpoison(std::uint32_t page) const noexcept {
 #if RPA_HAS_ASAN
-    ForEachPlane(page, [](std::byte* p, std::size_t n) { RPA_ASAN_UNPOISON(p, n); });
+    ForEachPlane(page,
+                 [](std::byte* p, std::size_t n) { RPA_ASAN_UNPOISON(p, n); });
 #else
     (void)page;
 #endif
@@ -583,7 +621,8 @@ class PagePool {
   void ForEachPlane(std::uint32_t page, Fn&& fn) const noexcept {
     if (memory_.base == nullptr) return;
     for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
-      fn(memory_.base + plane * memory_.plane_stride_bytes + page * memory_.page_bytes,
+      fn(memory_.base + plane * memory_.plane_stride_bytes +
+             page * memory_.page_bytes,
          memory_.page_bytes);
     }
   }
@@ -591,19 +630,22 @@ class PagePool {
   // ---- Errors ---------------------------------------------------------------
 
   // Out of line and cold, so the fast paths need no frame for strings.
-  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(std::uint32_t index) const {
+  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(
+      std::uint32_t index) const {
     return OutOfRangeError(index, "");
   }
-  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(std::uint32_t index,
-                                                     const std::string& where) const {
-    return InvalidArgumentError(where + "page id " + std::to_string(index) + " out of range [0, " +
+  [[gnu::cold, gnu::noinline]] Status OutOfRangeError(
+      std::uint32_t index, const std::string& where) const {
+    return InvalidArgumentError(where + "page id " + std::to_string(index) +
+                                " out of range [0, " +
                                 std::to_string(num_pages_) + ")");
   }
-  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(std::uint32_t index) {
+  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(
+      std::uint32_t index) {
     return NotAllocatedError(index, "");
   }
-  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(std::uint32_t index,
-                                                               const std::string& where) {
+  [[gnu::cold, gnu::noinline]] static Status NotAllocatedError(
+      std::uint32_t index, const std::string& where) {
     return InvalidArgumentError(where + "page " + std::to_string(index) +
                                 " is not allocated (double free?)");
   }
@@ -611,11 +653,13 @@ class PagePool {
   // Read-only after construction.
   std::uint64_t id_ = 0;
   const std::uint32_t num_pages_;
-  const std::uint32_t capacity_;   // deque capacity, a power of two; 0: no caches
-  const std::size_t mask_;         // capacity_ - 1
-  const std::uint32_t batch_;      // pages moved per refill/flush: capacity_ / 2
+  const std::uint32_t
+      capacity_;               // deque capacity, a power of two; 0: no caches
+  const std::size_t mask_;     // capacity_ - 1
+  const std::uint32_t batch_;  // pages moved per refill/flush: capacity_ / 2
   const std::uint32_t max_caches_;
-  const std::size_t slot_stride_;  // slots per cache, padded to whole cache lines
+  const std::size_t
+      slot_stride_;  // slots per cache, padded to whole cache lines
   const PageMemory memory_;
   MetadataArray<Atom<std::uint8_t>> state_;
   MetadataArray<Atom<std::uint32_t>> next_;
@@ -628,7 +672,8 @@ class PagePool {
   Atom<std::uint64_t> transfers_{0};
   Atom<std::int64_t> used_{0};
   mutable Atom<std::int64_t> high_water_{0};
-  Atom<std::uint32_t> slots_high_{0};  // caches_[0, slots_high_) were ever claimed
+  Atom<std::uint32_t> slots_high_{
+      0};  // caches_[0, slots_high_) were ever claimed
 };
 
 }  // namespace rpa::memory::internal

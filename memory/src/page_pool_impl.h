@@ -11,7 +11,8 @@ namespace rpa::memory::internal {
 namespace page_pool_detail {
 
 inline void CheckValidated(const PageAllocatorOptions& options) {
-  RPA_CHECK(options.num_pages > 0 && options.num_pages < (std::uint32_t{1} << 31));
+  RPA_CHECK(options.num_pages > 0 &&
+            options.num_pages < (std::uint32_t{1} << 31));
   RPA_CHECK(options.thread_cache_pages != 1 &&
             options.thread_cache_pages <= kMaxThreadCachePages);
   RPA_CHECK(options.max_thread_caches <= kMaxThreadCaches);
@@ -19,7 +20,8 @@ inline void CheckValidated(const PageAllocatorOptions& options) {
 }
 
 inline std::uint32_t CacheCapacity(const PageAllocatorOptions& options) {
-  if (options.thread_cache_pages == 0 || options.max_thread_caches == 0) return 0;
+  if (options.thread_cache_pages == 0 || options.max_thread_caches == 0)
+    return 0;
   return std::bit_ceil(options.thread_cache_pages);
 }
 
@@ -27,7 +29,8 @@ inline std::uint32_t CacheCapacity(const PageAllocatorOptions& options) {
 // slots never share a line.
 template <typename Slot>
 std::size_t SlotStride(std::uint32_t capacity) {
-  const std::size_t per_line = std::max<std::size_t>(1, kCacheLineBytes / sizeof(Slot));
+  const std::size_t per_line =
+      std::max<std::size_t>(1, kCacheLineBytes / sizeof(Slot));
   return (capacity + per_line - 1) / per_line * per_line;
 }
 
@@ -35,20 +38,24 @@ std::size_t SlotStride(std::uint32_t capacity) {
 
 template <template <typename> class Atom>
 PagePool<Atom>::PagePool(const PageAllocatorOptions& options)
-    : num_pages_((page_pool_detail::CheckValidated(options), options.num_pages)),
+    : num_pages_(
+          (page_pool_detail::CheckValidated(options), options.num_pages)),
       capacity_(page_pool_detail::CacheCapacity(options)),
       mask_(capacity_ == 0 ? 0 : capacity_ - 1),
       batch_(capacity_ / 2),
       max_caches_(capacity_ == 0 ? 0 : options.max_thread_caches),
-      slot_stride_(page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity_)),
+      slot_stride_(
+          page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity_)),
       memory_(options.memory),
       state_(options.metadata, num_pages_, alignof(Atom<std::uint8_t>),
-             [](Atom<std::uint8_t>* where, std::size_t) { new (where) Atom<std::uint8_t>(kFree); }),
+             [](Atom<std::uint8_t>* where, std::size_t) {
+               new (where) Atom<std::uint8_t>(kFree);
+             }),
       // Initially every page is in the global stack, in order: 0 -> 1 -> ...
       next_(options.metadata, num_pages_, alignof(Atom<std::uint32_t>),
             [n = num_pages_](Atom<std::uint32_t>* where, std::size_t i) {
-              new (where) Atom<std::uint32_t>(i + 1 < n ? static_cast<std::uint32_t>(i + 1)
-                                                        : kNilPage);
+              new (where) Atom<std::uint32_t>(
+                  i + 1 < n ? static_cast<std::uint32_t>(i + 1) : kNilPage);
             }),
       slots_(options.metadata, max_caches_ * slot_stride_, kCacheLineBytes,
              [](Atom<std::uint32_t>* where, std::size_t) {
@@ -92,11 +99,13 @@ std::size_t PagePool<Atom>::MetadataBytes(const PageAllocatorOptions& options) {
   const std::size_t caches = capacity == 0 ? 0 : options.max_thread_caches;
   const std::size_t pages = options.num_pages;
   return pages * (sizeof(Atom<std::uint8_t>) + sizeof(Atom<std::uint32_t>)) +
-         caches * (sizeof(Cache) + page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity) *
-                                       sizeof(Atom<std::uint32_t>));
+         caches * (sizeof(Cache) +
+                   page_pool_detail::SlotStride<Atom<std::uint32_t>>(capacity) *
+                       sizeof(Atom<std::uint32_t>));
 }
 
-// ---- Thread cache slots ------------------------------------------------------
+// ---- Thread cache slots
+// ------------------------------------------------------
 
 template <template <typename> class Atom>
 typename PagePool<Atom>::Cache* PagePool<Atom>::LocalCacheSlow() noexcept {
@@ -145,14 +154,15 @@ typename PagePool<Atom>::Cache* PagePool<Atom>::ClaimCache() noexcept {
     // Acquire: adopting an orphan continues its previous owner's deque, so
     // that owner's writes (bottom, slots, private fields) must be visible;
     // pairs with the release in ReleaseCache.
-    if (cache.owner.compare_exchange_strong(state, kSlotOwned, std::memory_order_acquire,
+    if (cache.owner.compare_exchange_strong(state, kSlotOwned,
+                                            std::memory_order_acquire,
                                             std::memory_order_relaxed)) {
       // Thieves and Stats scan caches_[0, slots_high_). Relaxed: the deque
       // itself carries the ordering (thieves acquire bottom).
       std::uint32_t high = slots_high_.load(std::memory_order_relaxed);
-      while (high < i + 1 && !slots_high_.compare_exchange_weak(high, i + 1,
-                                                                std::memory_order_relaxed,
-                                                                std::memory_order_relaxed)) {
+      while (high < i + 1 && !slots_high_.compare_exchange_weak(
+                                 high, i + 1, std::memory_order_relaxed,
+                                 std::memory_order_relaxed)) {
       }
       return &cache;
     }
@@ -168,13 +178,15 @@ void PagePool<Atom>::ReleaseCache(Cache& cache) noexcept {
 
 template <template <typename> class Atom>
 void PagePool<Atom>::ReleaseAllAtThreadExit() noexcept {
-  memo_.exiting = true;  // later calls from this thread (other TLS destructors) go uncached
+  memo_.exiting =
+      true;  // later calls from this thread (other TLS destructors) go uncached
   memo_.hot_id = 0;
   memo_.hot_cache = nullptr;
   for (std::uint32_t i = 0; i < memo_.num_entries; ++i) {
     const typename ThreadMemo::Entry entry = memo_.entries[i];
     if (entry.cache == nullptr) continue;
-    LivePools::IfLive(entry.id, [&] { entry.pool->ReleaseCache(*entry.cache); });
+    LivePools::IfLive(entry.id,
+                      [&] { entry.pool->ReleaseCache(*entry.cache); });
   }
   memo_.num_entries = 0;
 }
@@ -187,7 +199,8 @@ void PagePool<Atom>::ReleaseThreadCache() noexcept {
   }
   for (std::uint32_t i = 0; i < memo_.num_entries; ++i) {
     if (memo_.entries[i].id != id_) continue;
-    if (memo_.entries[i].cache != nullptr) ReleaseCache(*memo_.entries[i].cache);
+    if (memo_.entries[i].cache != nullptr)
+      ReleaseCache(*memo_.entries[i].cache);
     memo_.entries[i] = memo_.entries[--memo_.num_entries];
     return;
   }
@@ -202,7 +215,8 @@ std::uint32_t PagePool<Atom>::CountSlots(std::uint32_t state) const noexcept {
   return count;
 }
 
-// ---- Moving batches, reclaiming ------------------------------------------------
+// ---- Moving batches, reclaiming
+// ------------------------------------------------
 
 // Owner, with its deque empty (Take just failed, so top == bottom): moves up
 // to batch_ pages from the global stack into the deque and keeps one.
@@ -215,10 +229,11 @@ std::uint32_t PagePool<Atom>::Refill(Cache& cache) noexcept {
   // Writing slots beyond bottom during the walk is invisible to thieves: they
   // read only below the bottom they acquired, and a stale thief that reads a
   // slot being rewritten fails its CAS on top.
-  const std::uint32_t n = PopBatch(batch_, [&](std::uint32_t i, std::uint32_t page) {
-    Slot(cache, b + i).store(page, std::memory_order_relaxed);
-    kept = page;
-  });
+  const std::uint32_t n =
+      PopBatch(batch_, [&](std::uint32_t i, std::uint32_t page) {
+        Slot(cache, b + i).store(page, std::memory_order_relaxed);
+        kept = page;
+      });
   if (n > 1) cache.bottom.store(b + n - 1, std::memory_order_release);
   EndTransfer();
   return n == 0 ? kNilPage : kept;
@@ -233,14 +248,15 @@ void PagePool<Atom>::Flush(Cache& cache) noexcept {
   BeginTransfer();
   std::uint32_t first = kNilPage;
   std::uint32_t last = kNilPage;
-  TakeTop(cache, batch_, /*exactly=*/false, [&](std::uint32_t, std::uint32_t page) {
-    if (last == kNilPage) {
-      first = page;
-    } else {
-      next_[last].store(page, std::memory_order_relaxed);
-    }
-    last = page;
-  });
+  TakeTop(cache, batch_, /*exactly=*/false,
+          [&](std::uint32_t, std::uint32_t page) {
+            if (last == kNilPage) {
+              first = page;
+            } else {
+              next_[last].store(page, std::memory_order_relaxed);
+            }
+            last = page;
+          });
   if (first != kNilPage) PushChain(first, last);
   EndTransfer();
 }
@@ -318,7 +334,8 @@ void PagePool<Atom>::FreeSlow(Cache* cache, std::uint32_t page) noexcept {
     return;
   }
   Flush(*cache);
-  RPA_CHECK(TryPush(*cache, page));  // Flush left at least batch_ >= 1 free slots
+  RPA_CHECK(
+      TryPush(*cache, page));  // Flush left at least batch_ >= 1 free slots
   CountFrees(*cache, 1);
   Publish(*cache);
 }
@@ -327,12 +344,14 @@ template <template <typename> class Atom>
 void PagePool<Atom>::ReturnToGlobal(std::span<const PageId> pages) noexcept {
   if (pages.empty()) return;
   for (std::size_t i = 0; i + 1 < pages.size(); ++i) {
-    next_[PageIndex(pages[i])].store(PageIndex(pages[i + 1]), std::memory_order_relaxed);
+    next_[PageIndex(pages[i])].store(PageIndex(pages[i + 1]),
+                                     std::memory_order_relaxed);
   }
   PushChain(PageIndex(pages.front()), PageIndex(pages.back()));
 }
 
-// ---- Batch calls ----------------------------------------------------------------
+// ---- Batch calls
+// ----------------------------------------------------------------
 
 template <template <typename> class Atom>
 bool PagePool<Atom>::AllocateN(std::span<PageId> pages) noexcept {
@@ -341,10 +360,10 @@ bool PagePool<Atom>::AllocateN(std::span<PageId> pages) noexcept {
   if (n > num_pages_) return false;
   Cache* cache = LocalCache();
   // Fast path: all from the local cache with one CAS, nothing in transit.
-  if (cache != nullptr &&
-      TakeTop(*cache, n, /*exactly=*/true, [&](std::uint32_t i, std::uint32_t page) {
-        pages[i] = MakePageId(page);
-      }) == n) {
+  if (cache != nullptr && TakeTop(*cache, n, /*exactly=*/true,
+                                  [&](std::uint32_t i, std::uint32_t page) {
+                                    pages[i] = MakePageId(page);
+                                  }) == n) {
     for (const PageId page : pages) Commit(PageIndex(page));
     CountAllocations(*cache, static_cast<std::int64_t>(n));
     return true;
@@ -357,16 +376,20 @@ bool PagePool<Atom>::AllocateN(std::span<PageId> pages) noexcept {
 // committed or given back), with the same rescan rule as Reclaim except that
 // our own transfer is expected to be in progress.
 template <template <typename> class Atom>
-bool PagePool<Atom>::AllocateNSlow(std::span<PageId> pages, Cache* cache) noexcept {
+bool PagePool<Atom>::AllocateNSlow(std::span<PageId> pages,
+                                   Cache* cache) noexcept {
   const std::size_t n = pages.size();
   std::size_t got = 0;
-  auto sink = [&](std::uint32_t i, std::uint32_t page) { pages[got + i] = MakePageId(page); };
+  auto sink = [&](std::uint32_t i, std::uint32_t page) {
+    pages[got + i] = MakePageId(page);
+  };
   BeginTransfer();
   if (cache != nullptr) got += TakeTop(*cache, n, /*exactly=*/false, sink);
   for (int scan = 0; got < n && scan < kMaxReclaimScans; ++scan) {
     const std::uint64_t before = transfers_.load(std::memory_order_seq_cst);
     while (got < n) {
-      const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(n - got, kMaxPopChunk));
+      const auto chunk = static_cast<std::uint32_t>(
+          std::min<std::size_t>(n - got, kMaxPopChunk));
       const std::uint32_t popped = PopBatch(chunk, sink);
       if (popped == 0) break;
       got += popped;
@@ -377,7 +400,8 @@ bool PagePool<Atom>::AllocateNSlow(std::span<PageId> pages, Cache* cache) noexce
       pages[got++] = MakePageId(page);
     }
     const std::uint64_t after = transfers_.load(std::memory_order_seq_cst);
-    if (after == before && static_cast<std::uint32_t>(after) == 1) break;  // only ours
+    if (after == before && static_cast<std::uint32_t>(after) == 1)
+      break;  // only ours
   }
   if (got < n) {
     ReturnToGlobal(pages.first(got));
@@ -401,14 +425,18 @@ bool PagePool<Atom>::AllocateNSlow(std::span<PageId> pages, Cache* cache) noexce
 template <template <typename> class Atom>
 Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
   const std::size_t n = pages.size();
-  auto where = [](std::size_t i) { return "pages[" + std::to_string(i) + "]: "; };
+  auto where = [](std::size_t i) {
+    return "pages[" + std::to_string(i) + "]: ";
+  };
   for (std::size_t i = 0; i < n; ++i) {
-    if (PageIndex(pages[i]) >= num_pages_) return OutOfRangeError(PageIndex(pages[i]), where(i));
+    if (PageIndex(pages[i]) >= num_pages_)
+      return OutOfRangeError(PageIndex(pages[i]), where(i));
   }
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t index = PageIndex(pages[i]);
     std::uint8_t expected = kAllocated;
-    if (state_[index].compare_exchange_strong(expected, kFree, std::memory_order_relaxed,
+    if (state_[index].compare_exchange_strong(expected, kFree,
+                                              std::memory_order_relaxed,
                                               std::memory_order_relaxed)) {
       continue;
     }
@@ -419,7 +447,8 @@ Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
     for (std::size_t j = 0; j < i; ++j) {
       if (pages[j] == pages[i]) {
         return InvalidArgumentError(where(i) + "page " + std::to_string(index) +
-                                    " is repeated (also pages[" + std::to_string(j) + "])");
+                                    " is repeated (also pages[" +
+                                    std::to_string(j) + "])");
       }
     }
     return NotAllocatedError(index, where(i));
@@ -446,7 +475,8 @@ Status PagePool<Atom>::FreeN(std::span<const PageId> pages) noexcept {
   return OkStatus();
 }
 
-// ---- Counters ------------------------------------------------------------------
+// ---- Counters
+// ------------------------------------------------------------------
 
 // used = published + every cache's unpublished delta: exact when no call is
 // in progress. The high-water candidate adds the largest "peak since last
@@ -466,8 +496,8 @@ PageAllocatorStats PagePool<Atom>::Stats() const noexcept {
   const std::int64_t total = num_pages_;
   used = std::clamp<std::int64_t>(used, 0, total);
   RaiseHighWater(std::min(used + excess, total));
-  const std::int64_t high_water =
-      std::clamp<std::int64_t>(high_water_.load(std::memory_order_relaxed), used, total);
+  const std::int64_t high_water = std::clamp<std::int64_t>(
+      high_water_.load(std::memory_order_relaxed), used, total);
   PageAllocatorStats stats;
   stats.num_pages = num_pages_;
   stats.used_pages = static_cast<std::uint32_t>(used);

@@ -66,8 +66,9 @@ namespace internal {
 
 void CheckFailed(const char* file, int line, const char* condition,
                  const char* message) {
-  std::fprintf(stderr, "%s:%d: RPA_CHECK failed: %s%s%s\n", file, line, condition,
-               message != nullptr ? ": " : "", message != nullptr ? message : "");
+  std::fprintf(stderr, "%s:%d: RPA_CHECK failed: %s%s%s\n", file, line,
+               condition, message != nullptr ? ": " : "",
+               message != nullptr ? message : "");
   std::fflush(stderr);
   std::abort();
 }

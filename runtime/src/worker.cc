@@ -108,6 +108,11 @@ void Worker::Loop() {
       RunTask(task);
       continue;
     }
+    if (!ready_.empty()) {
+      // NextReady deferred to tasks that were stolen before we got to them.
+      SwitchAndIdle(ready_.PopFront());
+      continue;
+    }
     if (Maintain()) continue;
     if (executor_->num_workers() == 0) {
       IdleDriver();
@@ -360,6 +365,7 @@ bool Worker::FindWorkWhileSpinning() {
 // The parking half of the wake-up protocol (README.md): announce, re-check
 // every source of work, then block in the reactor.
 void Worker::Park() {
+  RPA_DCHECK(ready_.empty());
   parked_.store(true, std::memory_order_seq_cst);
   executor_->AddSleeper(this);
   SeqCstFence();
@@ -383,6 +389,7 @@ void Worker::Park() {
 
 // num_workers == 0: nothing is ready on the driving thread.
 void Worker::IdleDriver() {
+  RPA_DCHECK(ready_.empty());
   if (drive_mode_ == DriveMode::kUntilIdle) {
     leave_loop_ = true;
     return;

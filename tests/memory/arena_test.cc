@@ -48,38 +48,44 @@ TEST(ArenaTest, ZeroNumUnitsIsRejected) {
 
 TEST(ArenaTest, OverflowingRegionIsRejected) {
   // 2^40 * 2^30 overflows size_t.
-  auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 40, .num_units = 1u << 30});
+  auto arena = Arena::Create(
+      {.unit_bytes = std::size_t{1} << 40, .num_units = 1u << 30});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(arena.status().message(), AllOf(HasSubstr("unit_bytes * num_units"),
-                                              HasSubstr("1099511627776"), HasSubstr("1073741824")));
+  EXPECT_THAT(arena.status().message(),
+              AllOf(HasSubstr("unit_bytes * num_units"),
+                    HasSubstr("1099511627776"), HasSubstr("1073741824")));
 }
 
 TEST(ArenaTest, RegionAboveTheLimitIsRejected) {
   // 2^32 * (2^30 + 1) fits size_t but exceeds the 2^62 limit.
-  auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 32, .num_units = (1u << 30) + 1});
+  auto arena = Arena::Create(
+      {.unit_bytes = std::size_t{1} << 32, .num_units = (1u << 30) + 1});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(arena.status().message(), AllOf(HasSubstr("unit_bytes * num_units"),
-                                              HasSubstr("4294967296"), HasSubstr("1073741825")));
+  EXPECT_THAT(arena.status().message(),
+              AllOf(HasSubstr("unit_bytes * num_units"),
+                    HasSubstr("4294967296"), HasSubstr("1073741825")));
 }
 
 TEST(ArenaTest, HugeMetadataBudgetIsRejected) {
   const std::size_t metadata_bytes = (std::size_t{1} << 60) + 1;
-  auto arena =
-      Arena::Create({.unit_bytes = 4096, .num_units = 4, .metadata_bytes = metadata_bytes});
+  auto arena = Arena::Create(
+      {.unit_bytes = 4096, .num_units = 4, .metadata_bytes = metadata_bytes});
   ASSERT_FALSE(arena.ok());
   EXPECT_EQ(arena.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(arena.status().message(),
-              AllOf(HasSubstr("metadata_bytes"), HasSubstr(std::to_string(metadata_bytes))));
+              AllOf(HasSubstr("metadata_bytes"),
+                    HasSubstr(std::to_string(metadata_bytes))));
 }
 
 TEST(ArenaTest, ReservationLargerThanTheAddressSpaceIsResourceExhausted) {
   // 2^62 bytes passes validation but no OS can map it.
-  auto arena =
-      Arena::Create({.unit_bytes = std::size_t{1} << 20, .num_units = std::uint64_t{1} << 42});
+  auto arena = Arena::Create({.unit_bytes = std::size_t{1} << 20,
+                              .num_units = std::uint64_t{1} << 42});
   ASSERT_FALSE(arena.ok());
-  EXPECT_EQ(arena.status().code(), StatusCode::kResourceExhausted) << arena.status();
+  EXPECT_EQ(arena.status().code(), StatusCode::kResourceExhausted)
+      << arena.status();
   EXPECT_THAT(arena.status().message(), HasSubstr("arena"));
   // The failure consumed nothing: a normal arena still works.
   EXPECT_NE(MustCreate({.unit_bytes = 4096, .num_units = 4}), nullptr);
@@ -87,7 +93,8 @@ TEST(ArenaTest, ReservationLargerThanTheAddressSpaceIsResourceExhausted) {
 
 TEST(ArenaTest, UnitAddressIsArithmetic) {
   for (std::size_t unit_bytes :
-       {std::size_t{100}, std::size_t{4096}, std::size_t{3 * 4096}, std::size_t{64} << 10}) {
+       {std::size_t{100}, std::size_t{4096}, std::size_t{3 * 4096},
+        std::size_t{64} << 10}) {
     SCOPED_TRACE(unit_bytes);
     auto arena = MustCreate({.unit_bytes = unit_bytes, .num_units = 37});
     ASSERT_NE(arena, nullptr);
@@ -125,7 +132,8 @@ TEST(ArenaTest, WholeRegionIsWritable) {
 
 TEST(ArenaTest, MetadataBudgetIsHard) {
   constexpr std::size_t kBudget = std::size_t{1} << 20;
-  auto arena = MustCreate({.unit_bytes = 4096, .num_units = 4, .metadata_bytes = kBudget});
+  auto arena = MustCreate(
+      {.unit_bytes = 4096, .num_units = 4, .metadata_bytes = kBudget});
   ASSERT_NE(arena, nullptr);
   std::pmr::memory_resource* resource = arena->metadata_resource();
   EXPECT_EQ(arena->Stats().metadata_budget_bytes, kBudget);
@@ -133,7 +141,8 @@ TEST(ArenaTest, MetadataBudgetIsHard) {
   void* half = resource->allocate(kBudget / 2);
   EXPECT_EQ(arena->Stats().metadata_used_bytes, kBudget / 2);
   EXPECT_THROW((void)resource->allocate(kBudget / 2 + 1), std::bad_alloc);
-  EXPECT_EQ(arena->Stats().metadata_used_bytes, kBudget / 2);  // the refusal cost nothing
+  EXPECT_EQ(arena->Stats().metadata_used_bytes,
+            kBudget / 2);  // the refusal cost nothing
 
   void* rest = resource->allocate(kBudget / 2);  // exactly the budget
   EXPECT_EQ(arena->Stats().metadata_used_bytes, kBudget);
@@ -156,7 +165,8 @@ TEST(ArenaTest, MetadataBudgetIsHard) {
         std::bad_alloc);
     EXPECT_GT(values.size(), 0u);
     EXPECT_LE(arena->Stats().metadata_used_bytes, kBudget);
-    EXPECT_EQ(arena->Stats().metadata_used_bytes, values.capacity() * sizeof(std::uint64_t));
+    EXPECT_EQ(arena->Stats().metadata_used_bytes,
+              values.capacity() * sizeof(std::uint64_t));
   }
   EXPECT_EQ(arena->Stats().metadata_used_bytes, 0u);
 }
@@ -166,12 +176,14 @@ TEST(ArenaTest, MetadataHonoursAlignment) {
   ASSERT_NE(arena, nullptr);
   std::pmr::memory_resource* resource = arena->metadata_resource();
   for (std::size_t alignment :
-       {std::size_t{8}, std::size_t{16}, std::size_t{64}, std::size_t{256}, std::size_t{4096}}) {
+       {std::size_t{8}, std::size_t{16}, std::size_t{64}, std::size_t{256},
+        std::size_t{4096}}) {
     void* p = resource->allocate(100, alignment);
     EXPECT_TRUE(IsAligned(p, alignment)) << alignment;
     // Metadata never lands in the page region.
     EXPECT_TRUE(static_cast<std::byte*>(p) + 100 <= arena->base() ||
-                static_cast<std::byte*>(p) >= arena->base() + arena->region_bytes());
+                static_cast<std::byte*>(p) >=
+                    arena->base() + arena->region_bytes());
     resource->deallocate(p, 100, alignment);
   }
   EXPECT_EQ(arena->Stats().metadata_used_bytes, 0u);
@@ -200,7 +212,8 @@ TEST(ArenaTest, MetadataFromSeveralThreads) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kBlocksPerThread; ++i) {
-        const std::size_t bytes = 16 + static_cast<std::size_t>((i * 37 + t * 11) % 3000);
+        const std::size_t bytes =
+            16 + static_cast<std::size_t>((i * 37 + t * 11) % 3000);
         const auto tag = static_cast<std::uint8_t>(t * 31 + i);
         auto* data = static_cast<std::uint8_t*>(resource->allocate(bytes));
         std::memset(data, tag, bytes);
@@ -222,7 +235,8 @@ TEST(ArenaTest, MetadataFromSeveralThreads) {
   EXPECT_EQ(arena->Stats().metadata_used_bytes, kept_bytes);
   for (const auto& blocks : kept) {
     for (const Block& block : blocks) {
-      ASSERT_EQ(block.data[0], block.tag);  // no other thread's block overlapped it
+      ASSERT_EQ(block.data[0],
+                block.tag);  // no other thread's block overlapped it
       ASSERT_EQ(block.data[block.bytes - 1], block.tag);
       resource->deallocate(block.data, block.bytes);
     }
@@ -234,7 +248,8 @@ TEST(ArenaTest, ConcurrentAllocationsNeverExceedTheBudget) {
   constexpr std::size_t kBudget = 64 << 10;
   constexpr std::size_t kBlockBytes = 1000;
   constexpr int kThreads = 4;
-  auto arena = MustCreate({.unit_bytes = 4096, .num_units = 4, .metadata_bytes = kBudget});
+  auto arena = MustCreate(
+      {.unit_bytes = 4096, .num_units = 4, .metadata_bytes = kBudget});
   ASSERT_NE(arena, nullptr);
   std::pmr::memory_resource* resource = arena->metadata_resource();
   std::vector<std::vector<void*>> blocks(kThreads);
@@ -243,7 +258,8 @@ TEST(ArenaTest, ConcurrentAllocationsNeverExceedTheBudget) {
     threads.emplace_back([&, t] {
       for (;;) {
         try {
-          blocks[static_cast<std::size_t>(t)].push_back(resource->allocate(kBlockBytes));
+          blocks[static_cast<std::size_t>(t)].push_back(
+              resource->allocate(kBlockBytes));
         } catch (const std::bad_alloc&) {
           return;
         }
@@ -267,8 +283,9 @@ TEST(ArenaTest, MetadataOfExitedThreadsIsReclaimed) {
   // mimalloc segment abandoned; the blocks are freed later by another thread.
   // Reusing the arena again and again must not run out of metadata room.
   for (int i = 0; i < 40; ++i) {
-    auto arena =
-        MustCreate({.unit_bytes = 4096, .num_units = 8, .metadata_bytes = std::size_t{1} << 20});
+    auto arena = MustCreate({.unit_bytes = 4096,
+                             .num_units = 8,
+                             .metadata_bytes = std::size_t{1} << 20});
     ASSERT_NE(arena, nullptr);
     std::pmr::memory_resource* resource = arena->metadata_resource();
     void* block = nullptr;
@@ -289,14 +306,17 @@ TEST(ArenaTest, TwoHundredArenasRecycleTheProcessLimitedMimallocArenas) {
   // create/destroy cycles only work if destroyed Arenas are recycled.
   std::set<std::byte*> bases;
   for (int i = 0; i < 200; ++i) {
-    const std::uint64_t num_units = 16 + static_cast<std::uint64_t>(i % 5) * 200;
+    const std::uint64_t num_units =
+        16 + static_cast<std::uint64_t>(i % 5) * 200;
     auto arena = MustCreate({.unit_bytes = 4096,
                              .num_units = num_units,
                              .metadata_bytes = std::size_t{1} << 20,
                              .huge_pages = i % 7 == 0});
     ASSERT_NE(arena, nullptr) << "iteration " << i;
-    for (std::size_t offset = 0; offset < arena->region_bytes(); offset += 4096) {
-      arena->base()[offset] = static_cast<std::byte>(i);  // every OS page is writable
+    for (std::size_t offset = 0; offset < arena->region_bytes();
+         offset += 4096) {
+      arena->base()[offset] =
+          static_cast<std::byte>(i);  // every OS page is writable
     }
     void* meta = arena->metadata_resource()->allocate(4096);
     std::memset(meta, 1, 4096);
@@ -312,7 +332,8 @@ TEST(ArenaTest, ArenasOfGrowingSizeRecycle) {
   // number of distinct arenas small. 40 sizes from 4 MiB to 160 MiB.
   for (int round = 0; round < 3; ++round) {
     for (std::uint64_t mib = 4; mib <= 160; mib += 4) {
-      auto arena = MustCreate({.unit_bytes = std::size_t{1} << 20, .num_units = mib});
+      auto arena =
+          MustCreate({.unit_bytes = std::size_t{1} << 20, .num_units = mib});
       ASSERT_NE(arena, nullptr) << mib << " MiB, round " << round;
       arena->base()[arena->region_bytes() - 1] = std::byte{1};
     }
@@ -326,7 +347,8 @@ TEST(ArenaTest, CreateAndDestroyFromSeveralThreads) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 25; ++i) {
-        auto arena = Arena::Create({.unit_bytes = 4096, .num_units = 64 + 64 * std::uint64_t(t)});
+        auto arena = Arena::Create(
+            {.unit_bytes = 4096, .num_units = 64 + 64 * std::uint64_t(t)});
         if (!arena.ok()) {
           failures.fetch_add(1);
           continue;
@@ -352,13 +374,15 @@ TEST(ArenaTest, DestroyedOnAnotherThread) {
   }).join();
   EXPECT_EQ(arena, nullptr);
   // The arena went back to the pool in a usable state.
-  for (int i = 0; i < 3; ++i) EXPECT_NE(MustCreate({.unit_bytes = 4096, .num_units = 64}), nullptr);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_NE(MustCreate({.unit_bytes = 4096, .num_units = 64}), nullptr);
 }
 
 TEST(ArenaTest, HugePagesAreBestEffort) {
   constexpr std::size_t kRegionBytes = std::size_t{8} << 20;
-  auto arena =
-      MustCreate({.unit_bytes = 4096, .num_units = kRegionBytes / 4096, .huge_pages = true});
+  auto arena = MustCreate({.unit_bytes = 4096,
+                           .num_units = kRegionBytes / 4096,
+                           .huge_pages = true});
   ASSERT_NE(arena, nullptr);
   EXPECT_TRUE(arena->huge_pages());
   // The region starts on a 2 MiB boundary so transparent huge pages can back

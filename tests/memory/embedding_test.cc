@@ -25,7 +25,8 @@ namespace {
 #error "RPA_MIMALLOC_SONAME must be defined by the build"
 #endif
 
-#if defined(RPA_MIMALLOC_OVERRIDE) && RPA_MIMALLOC_OVERRIDE && !RPA_HAS_ASAN && !RPA_HAS_TSAN
+#if defined(RPA_MIMALLOC_OVERRIDE) && RPA_MIMALLOC_OVERRIDE && \
+    !RPA_HAS_ASAN && !RPA_HAS_TSAN
 constexpr bool kMimallocIsProcessAllocator = true;
 #else
 constexpr bool kMimallocIsProcessAllocator = false;
@@ -49,13 +50,14 @@ class EmbeddingTest : public ::testing::Test {
     // RTLD_NOLOAD: a handle to the already loaded library, never a new load.
     mimalloc_ = dlopen(RPA_MIMALLOC_SONAME, RTLD_NOW | RTLD_NOLOAD);
     ASSERT_NE(mimalloc_, nullptr) << dlerror();
-    is_in_heap_region_ =
-        reinterpret_cast<IsInHeapRegionFn>(dlsym(mimalloc_, "mi_is_in_heap_region"));
+    is_in_heap_region_ = reinterpret_cast<IsInHeapRegionFn>(
+        dlsym(mimalloc_, "mi_is_in_heap_region"));
     ASSERT_NE(is_in_heap_region_, nullptr);
   }
 
   void TearDown() override {
-    if (mimalloc_ != nullptr) dlclose(mimalloc_);  // drops the NOLOAD reference only
+    if (mimalloc_ != nullptr)
+      dlclose(mimalloc_);  // drops the NOLOAD reference only
   }
 
   std::unique_ptr<Arena> arena_;
@@ -101,7 +103,8 @@ TEST_F(EmbeddingTest, ProbeRecognizesMimallocsOwnMemory) {
 
 TEST_F(EmbeddingTest, MimallocSymbolsStayOutOfTheGlobalScope) {
   // RTLD_LOCAL: nothing else in the process can bind to the private copy.
-  EXPECT_EQ(dlsym(RTLD_DEFAULT, "mi_malloc") != nullptr, kMimallocIsGloballyVisible);
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "mi_malloc") != nullptr,
+            kMimallocIsGloballyVisible);
 }
 
 TEST_F(EmbeddingTest, ArenaAgreesWithTheProcess) {

@@ -13,116 +13,17 @@
 #include <tuple>
 #include <vector>
 
+#include "memory/kv_cache_test_util.h"
+
 #include "rpa/runtime/sanitizers.h"
 
 namespace rpa::memory {
 namespace {
 
+using namespace ::rpa::memory::testing_util;  // NOLINT: test helpers
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-// P = 16 pages of ps = 4 tokens, 2 kv heads of dim 4, f32, 2 layers:
-// token_bytes = 2 * 2 * 4 * 4 = 64, page_bytes = 256.
-KvCacheConfig SmallConfig() {
-  return {.num_pages = 16,
-          .page_size_tokens = 4,
-          .num_kv_heads = 2,
-          .head_dim = 4,
-          .storage = StorageType::kF32,
-          .num_layers = 2,
-          .max_sequences = 64};
-}
-
-std::unique_ptr<KvCache> MustCreate(const KvCacheConfig& config) {
-  auto cache = KvCache::Create(config);
-  EXPECT_TRUE(cache.ok()) << cache.status();
-  return cache.ok() ? std::move(*cache) : nullptr;
-}
-
-SequenceId MustCreateSequence(KvCache& cache) {
-  auto seq = cache.CreateSequence();
-  EXPECT_TRUE(seq.ok()) << seq.status();
-  return seq.ok() ? *seq : SequenceId{};
-}
-
-SequenceId MustFork(KvCache& cache, SequenceId parent) {
-  auto seq = cache.Fork(parent);
-  EXPECT_TRUE(seq.ok()) << seq.status();
-  return seq.ok() ? *seq : SequenceId{};
-}
-
-std::vector<PageId> Table(const KvCache& cache, SequenceId seq) {
-  auto table = cache.PageTable(seq);
-  EXPECT_TRUE(table.ok()) << table.status();
-  if (!table.ok()) return {};
-  return {table->begin(), table->end()};
-}
-
-std::uint32_t Length(const KvCache& cache, SequenceId seq) {
-  auto length = cache.SequenceLength(seq);
-  EXPECT_TRUE(length.ok()) << length.status();
-  return length.ok() ? *length : 0;
-}
-
-std::string IdText(SequenceId seq) { return std::to_string(static_cast<std::uint64_t>(seq)); }
-
-std::uint8_t Pattern(std::uint8_t tag, std::uint32_t layer, std::uint32_t token, std::size_t byte) {
-  return static_cast<std::uint8_t>(tag * 131u + layer * 31u + token * 7u + byte);
-}
-
-// Writes token `token` of a sequence (through its page table) in every layer.
-void WriteToken(const KvCache& cache, SequenceId seq, std::uint32_t token, std::uint8_t tag) {
-  const std::vector<PageId> table = Table(cache, seq);
-  const std::uint32_t ps = cache.config().page_size_tokens;
-  ASSERT_LT(token / ps, table.size());
-  for (std::uint32_t layer = 0; layer < cache.config().num_layers; ++layer) {
-    const KvLayerView view = cache.Layer(layer);
-    std::byte* slot = view.SlotAddress(table[token / ps], token % ps);
-    for (std::size_t b = 0; b < view.token_bytes; ++b) {
-      slot[b] = static_cast<std::byte>(Pattern(tag, layer, token, b));
-    }
-  }
-}
-
-bool TokenIs(const KvCache& cache, PageId page, std::uint32_t slot_index, std::uint32_t token,
-             std::uint8_t tag) {
-  for (std::uint32_t layer = 0; layer < cache.config().num_layers; ++layer) {
-    const KvLayerView view = cache.Layer(layer);
-    const std::byte* slot = view.SlotAddress(page, slot_index);
-    for (std::size_t b = 0; b < view.token_bytes; ++b) {
-      if (slot[b] != static_cast<std::byte>(Pattern(tag, layer, token, b))) return false;
-    }
-  }
-  return true;
-}
-
-// Everything a failed call must leave alone.
-struct Snapshot {
-  std::vector<std::vector<PageId>> tables;
-  std::vector<std::uint32_t> lengths;
-  std::vector<std::uint32_t> refcounts;
-  std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t,
-             std::uint32_t, std::size_t>
-      stats;
-
-  bool operator==(const Snapshot&) const = default;
-};
-
-Snapshot Take(const KvCache& cache, const std::vector<SequenceId>& seqs) {
-  Snapshot snapshot;
-  for (SequenceId seq : seqs) {
-    snapshot.tables.push_back(Table(cache, seq));
-    snapshot.lengths.push_back(Length(cache, seq));
-  }
-  for (std::uint32_t p = 0; p < cache.config().num_pages; ++p) {
-    snapshot.refcounts.push_back(cache.RefCount(MakePageId(p)));
-  }
-  const KvCacheStats s = cache.Stats();
-  snapshot.stats = {s.num_pages,    s.free_pages,    s.used_pages,         s.high_water_pages,
-                    s.shared_pages, s.num_sequences, s.metadata_used_bytes};
-  return snapshot;
-}
 
 // ---------------------------------------------------------------------------
 // Create
@@ -141,7 +42,8 @@ TEST(KvCacheTest, ZeroFieldsAreRejectedByName) {
     auto cache = KvCache::Create(config);
     ASSERT_FALSE(cache.ok()) << name;
     EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_EQ(cache.status().message(), std::string(name) + " must be positive, got 0");
+    EXPECT_EQ(cache.status().message(),
+              std::string(name) + " must be positive, got 0");
   }
 }
 
@@ -151,7 +53,8 @@ TEST(KvCacheTest, TooManyPagesForInt32IndicesIsRejected) {
   auto cache = KvCache::Create(config);
   ASSERT_FALSE(cache.ok());
   EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(cache.status().message(), AllOf(HasSubstr("num_pages"), HasSubstr("2147483648")));
+  EXPECT_THAT(cache.status().message(),
+              AllOf(HasSubstr("num_pages"), HasSubstr("2147483648")));
 }
 
 TEST(KvCacheTest, UnknownStorageIsRejected) {
@@ -160,7 +63,8 @@ TEST(KvCacheTest, UnknownStorageIsRejected) {
   auto cache = KvCache::Create(config);
   ASSERT_FALSE(cache.ok());
   EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(cache.status().message(), AllOf(HasSubstr("storage"), HasSubstr("7")));
+  EXPECT_THAT(cache.status().message(),
+              AllOf(HasSubstr("storage"), HasSubstr("7")));
 }
 
 TEST(KvCacheTest, OversizedCacheIsRejectedNamingEveryFactor) {
@@ -173,10 +77,11 @@ TEST(KvCacheTest, OversizedCacheIsRejectedNamingEveryFactor) {
   auto cache = KvCache::Create(config);
   ASSERT_FALSE(cache.ok());
   EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(cache.status().message(),
-              AllOf(HasSubstr("num_layers 77"), HasSubstr("num_pages 1073741824"),
-                    HasSubstr("page_size_tokens 1048576"), HasSubstr("num_kv_heads 1000"),
-                    HasSubstr("head_dim 999")));
+  EXPECT_THAT(
+      cache.status().message(),
+      AllOf(HasSubstr("num_layers 77"), HasSubstr("num_pages 1073741824"),
+            HasSubstr("page_size_tokens 1048576"),
+            HasSubstr("num_kv_heads 1000"), HasSubstr("head_dim 999")));
 }
 
 TEST(KvCacheTest, NewCacheHasEveryPageFree) {
@@ -189,8 +94,10 @@ TEST(KvCacheTest, NewCacheHasEveryPageFree) {
   EXPECT_EQ(stats.high_water_pages, 0u);
   EXPECT_EQ(stats.shared_pages, 0u);
   EXPECT_EQ(stats.num_sequences, 0u);
-  EXPECT_GT(stats.metadata_used_bytes, 0u);  // reference counts, allocator bookkeeping
-  for (std::uint32_t p = 0; p < 16; ++p) EXPECT_EQ(cache->RefCount(MakePageId(p)), 0u);
+  EXPECT_GT(stats.metadata_used_bytes,
+            0u);  // reference counts, allocator bookkeeping
+  for (std::uint32_t p = 0; p < 16; ++p)
+    EXPECT_EQ(cache->RefCount(MakePageId(p)), 0u);
   EXPECT_EQ(cache->RefCount(MakePageId(16)), 0u);  // out of range
   EXPECT_EQ(cache->config().num_layers, 2u);
 }
@@ -236,7 +143,8 @@ TEST(KvCacheTest, LayerAddressesFollowTheSpecFormula) {
     EXPECT_EQ(view.page_bytes, page_bytes);
     for (std::uint32_t p = 0; p < 5; ++p) {
       for (std::uint32_t s = 0; s < 4; ++s) {
-        // kv_cache[page, slot, combined head, d] in C order, layer-major planes.
+        // kv_cache[page, slot, combined head, d] in C order, layer-major
+        // planes.
         EXPECT_EQ(view.SlotAddress(MakePageId(p), s),
                   base + ((layer * 5 + p) * 4 + s) * token_bytes);
       }
@@ -268,7 +176,8 @@ TEST(KvCacheTest, WholeCacheIsWritable) {
   ASSERT_TRUE(cache->Reserve(seq, 16 * 4).ok());  // every page
   for (std::uint32_t t = 0; t < 64; ++t) WriteToken(*cache, seq, t, 5);
   const std::vector<PageId> table = Table(*cache, seq);
-  for (std::uint32_t t = 0; t < 64; ++t) EXPECT_TRUE(TokenIs(*cache, table[t / 4], t % 4, t, 5));
+  for (std::uint32_t t = 0; t < 64; ++t)
+    EXPECT_TRUE(TokenIs(*cache, table[t / 4], t % 4, t, 5));
 }
 
 // ---------------------------------------------------------------------------
@@ -304,7 +213,8 @@ TEST(KvCacheTest, ReserveAllocatesPagesAtPageBoundaries) {
       }
       const std::vector<PageId> stepwise_table = Table(*cache, stepwise);
       for (PageId page : stepwise_table) {
-        EXPECT_EQ(std::count(table.begin(), table.end(), page), 0);  // no page in two tables
+        EXPECT_EQ(std::count(table.begin(), table.end(), page),
+                  0);  // no page in two tables
       }
       EXPECT_EQ(cache->Stats().used_pages, 2 * pages);
       EXPECT_EQ(cache->Stats().high_water_pages, 2 * pages);
@@ -345,7 +255,8 @@ TEST(KvCacheTest, LengthAbove2To31Minus1IsInvalid) {
   SequenceId seq = MustCreateSequence(*cache);
   Status status = cache->Reserve(seq, 0x80000000u);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), AllOf(HasSubstr("num_tokens 2147483648"), HasSubstr(IdText(seq))));
+  EXPECT_THAT(status.message(), AllOf(HasSubstr("num_tokens 2147483648"),
+                                      HasSubstr(IdText(seq))));
   ASSERT_TRUE(cache->Reserve(seq, 5).ok());
   status = cache->Reserve(seq, 0x7fffffffu - 4);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
@@ -367,7 +278,8 @@ TEST(KvCacheTest, ExhaustedReserveChangesNothing) {
   // 3 new pages.
   Status status = cache->Reserve(c, 12);
   EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
-  EXPECT_THAT(status.message(), AllOf(HasSubstr("need 3 pages, 2 free"), HasSubstr(IdText(c))));
+  EXPECT_THAT(status.message(),
+              AllOf(HasSubstr("need 3 pages, 2 free"), HasSubstr(IdText(c))));
   EXPECT_EQ(Take(*cache, all), before);
 
   // b's last page is shared and half full: 2 new pages plus its private copy.
@@ -384,181 +296,6 @@ TEST(KvCacheTest, ExhaustedReserveChangesNothing) {
 // ---------------------------------------------------------------------------
 // Fork and copy-on-write
 
-TEST(KvCacheTest, ForkSharesEveryPage) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId parent = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(parent, 10).ok());
-  SequenceId child = MustFork(*cache, parent);
-  EXPECT_NE(child, parent);
-  EXPECT_EQ(Length(*cache, child), 10u);
-  EXPECT_EQ(Table(*cache, child), Table(*cache, parent));
-  for (PageId page : Table(*cache, parent)) EXPECT_EQ(cache->RefCount(page), 2u);
-  const KvCacheStats stats = cache->Stats();
-  EXPECT_EQ(stats.used_pages, 3u);
-  EXPECT_EQ(stats.shared_pages, 3u);
-  EXPECT_EQ(stats.num_sequences, 2u);
-}
-
-TEST(KvCacheTest, ForkOfAnEmptySequence) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId parent = MustCreateSequence(*cache);
-  SequenceId child = MustFork(*cache, parent);
-  EXPECT_EQ(Length(*cache, child), 0u);
-  EXPECT_TRUE(Table(*cache, child).empty());
-  ASSERT_TRUE(cache->Reserve(child, 3).ok());
-  ASSERT_TRUE(cache->Reserve(parent, 3).ok());
-  EXPECT_NE(Table(*cache, child), Table(*cache, parent));
-  EXPECT_EQ(cache->Stats().shared_pages, 0u);
-}
-
-// Forks a sequence of 10 tokens (pages: full, full, half full), lets `writer`
-// (the child or the parent) reserve one more token, and checks the copy.
-void CheckCopyOnWrite(bool child_writes) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId parent = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(parent, 10).ok());
-  for (std::uint32_t t = 0; t < 10; ++t) WriteToken(*cache, parent, t, 1);
-  SequenceId child = MustFork(*cache, parent);
-  const std::vector<PageId> original = Table(*cache, parent);
-  const SequenceId writer = child_writes ? child : parent;
-  const SequenceId reader = child_writes ? parent : child;
-
-  ASSERT_TRUE(cache->Reserve(writer, 1).ok());
-  const std::vector<PageId> written = Table(*cache, writer);
-  ASSERT_EQ(written.size(), 3u);
-  EXPECT_EQ(written[0], original[0]);
-  EXPECT_EQ(written[1], original[1]);
-  EXPECT_NE(written[2], original[2]);  // the private copy
-  EXPECT_EQ(Table(*cache, reader), original);
-  EXPECT_EQ(Length(*cache, writer), 11u);
-  EXPECT_EQ(Length(*cache, reader), 10u);
-  EXPECT_EQ(cache->RefCount(original[0]), 2u);
-  EXPECT_EQ(cache->RefCount(original[1]), 2u);
-  EXPECT_EQ(cache->RefCount(original[2]), 1u);
-  EXPECT_EQ(cache->RefCount(written[2]), 1u);
-  EXPECT_EQ(cache->Stats().used_pages, 4u);
-  EXPECT_EQ(cache->Stats().shared_pages, 2u);
-
-  // The filled slots were copied in every layer.
-  EXPECT_TRUE(TokenIs(*cache, written[2], 0, 8, 1));
-  EXPECT_TRUE(TokenIs(*cache, written[2], 1, 9, 1));
-  // Writing the new token touches the copy only.
-  WriteToken(*cache, writer, 10, 2);
-  EXPECT_TRUE(TokenIs(*cache, written[2], 2, 10, 2));
-  for (std::uint32_t t = 0; t < 10; ++t) {
-    EXPECT_TRUE(TokenIs(*cache, original[t / 4], t % 4, t, 1)) << t;
-  }
-
-  // The other side now holds the original alone and writes into it in place.
-  ASSERT_TRUE(cache->Reserve(reader, 1).ok());
-  EXPECT_EQ(Table(*cache, reader), original);
-  EXPECT_EQ(cache->Stats().used_pages, 4u);
-}
-
-TEST(KvCacheTest, ChildReserveCopiesTheSharedPartialPage) { CheckCopyOnWrite(true); }
-
-TEST(KvCacheTest, ParentReserveCopiesTheSharedPartialPage) { CheckCopyOnWrite(false); }
-
-TEST(KvCacheTest, SharedFullPagesAreNotCopied) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId parent = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(parent, 8).ok());
-  SequenceId child = MustFork(*cache, parent);
-  ASSERT_TRUE(cache->Reserve(child, 1).ok());
-  const std::vector<PageId> parent_table = Table(*cache, parent);
-  const std::vector<PageId> child_table = Table(*cache, child);
-  ASSERT_EQ(child_table.size(), 3u);
-  EXPECT_EQ(child_table[0], parent_table[0]);
-  EXPECT_EQ(child_table[1], parent_table[1]);
-  EXPECT_EQ(cache->RefCount(child_table[2]), 1u);
-  EXPECT_EQ(cache->Stats().used_pages, 3u);
-  EXPECT_EQ(cache->Stats().shared_pages, 2u);
-}
-
-TEST(KvCacheTest, ForkOfAForkCopiesOnce) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId a = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(a, 6).ok());
-  SequenceId b = MustFork(*cache, a);
-  SequenceId c = MustFork(*cache, b);
-  const PageId last = Table(*cache, a)[1];
-  EXPECT_EQ(cache->RefCount(last), 3u);
-  ASSERT_TRUE(cache->Reserve(b, 1).ok());  // copies; a and c still share
-  EXPECT_EQ(cache->RefCount(last), 2u);
-  ASSERT_TRUE(cache->Reserve(c, 1).ok());  // copies again; a keeps the original
-  EXPECT_EQ(cache->RefCount(last), 1u);
-  ASSERT_TRUE(cache->Reserve(a, 1).ok());  // in place
-  EXPECT_EQ(Table(*cache, a)[1], last);
-  EXPECT_EQ(cache->Stats().used_pages, 4u);
-}
-
-TEST(KvCacheTest, ForkBeyondTheMetadataBudgetChangesNothing) {
-  // Forks copy page tables; the budget provides 4 x num_pages entries plus
-  // headroom, so endless forks of a long sequence run out of metadata first.
-  KvCacheConfig config = SmallConfig();
-  config.num_pages = 256;
-  config.page_size_tokens = 1;
-  config.max_sequences = 1u << 16;
-  auto cache = MustCreate(config);
-  ASSERT_NE(cache, nullptr);
-  SequenceId root = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(root, 256).ok());
-  std::vector<SequenceId> forks;
-  Status failure;
-  for (int i = 0; i < 1000000 && failure.ok(); ++i) {
-    auto fork = cache->Fork(root);
-    if (fork.ok()) {
-      forks.push_back(*fork);
-    } else {
-      failure = fork.status();
-    }
-  }
-  ASSERT_FALSE(failure.ok());
-  EXPECT_EQ(failure.code(), StatusCode::kResourceExhausted);
-  EXPECT_THAT(failure.message(), HasSubstr("metadata budget"));
-  const Snapshot before = Take(*cache, {root, forks.back()});
-  EXPECT_EQ(cache->Fork(root).status().code(), StatusCode::kResourceExhausted);
-  EXPECT_EQ(Take(*cache, {root, forks.back()}), before);
-  EXPECT_EQ(cache->RefCount(Table(*cache, root)[0]), forks.size() + 1);
-  for (SequenceId fork : forks) ASSERT_TRUE(cache->FreeSequence(fork).ok());
-  EXPECT_EQ(cache->RefCount(Table(*cache, root)[0]), 1u);
-  EXPECT_EQ(cache->Stats().shared_pages, 0u);
-}
-
-// ---------------------------------------------------------------------------
-// FreeSequence, ids, limits
-
-TEST(KvCacheTest, PagesReturnWithTheLastReference) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId a = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(a, 12).ok());
-  const std::vector<PageId> pages = Table(*cache, a);
-  SequenceId b = MustFork(*cache, a);
-  SequenceId c = MustFork(*cache, b);
-  ASSERT_TRUE(cache->FreeSequence(a).ok());
-  EXPECT_EQ(cache->Stats().used_pages, 3u);
-  for (PageId page : pages) EXPECT_EQ(cache->RefCount(page), 2u);
-  ASSERT_TRUE(cache->FreeSequence(b).ok());
-  EXPECT_EQ(cache->Stats().used_pages, 3u);
-  EXPECT_EQ(cache->Stats().shared_pages, 0u);
-  ASSERT_TRUE(cache->FreeSequence(c).ok());
-  const KvCacheStats stats = cache->Stats();
-  EXPECT_EQ(stats.used_pages, 0u);
-  EXPECT_EQ(stats.free_pages, 16u);
-  EXPECT_EQ(stats.num_sequences, 0u);
-  EXPECT_EQ(stats.high_water_pages, 3u);
-  for (PageId page : pages) EXPECT_EQ(cache->RefCount(page), 0u);
-  // And they can be had again: all 16.
-  SequenceId d = MustCreateSequence(*cache);
-  EXPECT_TRUE(cache->Reserve(d, 64).ok());
-}
-
 TEST(KvCacheTest, StaleAndUnknownIdsAreNotFound) {
   auto cache = MustCreate(SmallConfig());
   ASSERT_NE(cache, nullptr);
@@ -571,7 +308,8 @@ TEST(KvCacheTest, StaleAndUnknownIdsAreNotFound) {
             static_cast<std::uint32_t>(static_cast<std::uint64_t>(stale)));
   const Snapshot before = Take(*cache, {reused});
 
-  const SequenceId unknown = static_cast<SequenceId>((std::uint64_t{1} << 32) | 999);
+  const SequenceId unknown =
+      static_cast<SequenceId>((std::uint64_t{1} << 32) | 999);
   for (SequenceId bad : {stale, unknown, SequenceId{}}) {
     SCOPED_TRACE(IdText(bad));
     const auto expect_not_found = [&](const Status& status) {
@@ -622,17 +360,19 @@ TEST(KvCacheTest, ExportBatchWritesSpecPageTables) {
   ASSERT_TRUE(cache->Reserve(b, 17).ok());  // 5 pages
   const std::vector<PageId> ta = Table(*cache, a);
   const std::vector<PageId> tb = Table(*cache, b);
-  const auto idx = [](PageId page) { return static_cast<std::int32_t>(PageIndex(page)); };
+  const auto idx = [](PageId page) {
+    return static_cast<std::int32_t>(PageIndex(page));
+  };
 
   BatchPageTable out;
   const SequenceId seqs[] = {a, empty, b};
   ASSERT_TRUE(cache->ExportBatch(seqs, 0, &out).ok());
   EXPECT_EQ(out.pages_per_sequence, 5u);  // the longest table
   EXPECT_THAT(out.kv_lens, ElementsAre(5, 0, 17));
-  EXPECT_THAT(out.page_indices,
-              ElementsAre(idx(ta[0]), idx(ta[1]), 0, 0, 0,  //
-                          0, 0, 0, 0, 0,                    //
-                          idx(tb[0]), idx(tb[1]), idx(tb[2]), idx(tb[3]), idx(tb[4])));
+  EXPECT_THAT(out.page_indices, ElementsAre(idx(ta[0]), idx(ta[1]), 0, 0, 0,  //
+                                            0, 0, 0, 0, 0,                    //
+                                            idx(tb[0]), idx(tb[1]), idx(tb[2]),
+                                            idx(tb[3]), idx(tb[4])));
 
   // An explicit, larger pps pads with zeros; the vectors' capacity is reused.
   ASSERT_TRUE(cache->ExportBatch(seqs, 8, &out).ok());
@@ -672,17 +412,20 @@ TEST(KvCacheTest, ExportBatchErrorsLeaveTheOutputAlone) {
   ASSERT_NE(cache, nullptr);
   SequenceId a = MustCreateSequence(*cache);
   ASSERT_TRUE(cache->Reserve(a, 9).ok());  // 3 pages
-  BatchPageTable out{.kv_lens = {42}, .page_indices = {7, 7}, .pages_per_sequence = 2};
+  BatchPageTable out{
+      .kv_lens = {42}, .page_indices = {7, 7}, .pages_per_sequence = 2};
 
   Status status = cache->ExportBatch({&a, 1}, 2, &out);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(),
-              AllOf(HasSubstr("pages_per_sequence 2"), HasSubstr("3 pages"), HasSubstr(IdText(a))));
+              AllOf(HasSubstr("pages_per_sequence 2"), HasSubstr("3 pages"),
+                    HasSubstr(IdText(a))));
   EXPECT_THAT(out.kv_lens, ElementsAre(42));
   EXPECT_THAT(out.page_indices, ElementsAre(7, 7));
   EXPECT_EQ(out.pages_per_sequence, 2u);
 
-  EXPECT_EQ(cache->ExportBatch({&a, 1}, 0, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->ExportBatch({&a, 1}, 0, nullptr).code(),
+            StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------
@@ -713,7 +456,8 @@ TEST(KvCacheTest, RandomOperationsKeepTheInvariantsAndReturnEveryPage) {
     } else {
       const SequenceId seq = live[rng() % live.size()];
       const Snapshot before = Take(*cache, live);
-      const Status status = cache->Reserve(seq, static_cast<std::uint32_t>(rng() % 7));
+      const Status status =
+          cache->Reserve(seq, static_cast<std::uint32_t>(rng() % 7));
       if (!status.ok()) {
         ASSERT_EQ(status.code(), StatusCode::kResourceExhausted) << status;
         ASSERT_EQ(Take(*cache, live), before);
@@ -725,7 +469,8 @@ TEST(KvCacheTest, RandomOperationsKeepTheInvariantsAndReturnEveryPage) {
     for (SequenceId seq : live) {
       const std::vector<PageId> table = Table(*cache, seq);
       ASSERT_EQ(table.size(), (Length(*cache, seq) + 2) / 3);
-      ASSERT_EQ(std::set<PageId>(table.begin(), table.end()).size(), table.size());
+      ASSERT_EQ(std::set<PageId>(table.begin(), table.end()).size(),
+                table.size());
       for (PageId page : table) ++references[page];
     }
     std::uint32_t used = 0;
@@ -733,7 +478,8 @@ TEST(KvCacheTest, RandomOperationsKeepTheInvariantsAndReturnEveryPage) {
     for (std::uint32_t p = 0; p < config.num_pages; ++p) {
       const auto it = references.find(MakePageId(p));
       const std::uint32_t expected = it == references.end() ? 0 : it->second;
-      ASSERT_EQ(cache->RefCount(MakePageId(p)), expected) << "page " << p << " step " << step;
+      ASSERT_EQ(cache->RefCount(MakePageId(p)), expected)
+          << "page " << p << " step " << step;
       used += expected > 0 ? 1 : 0;
       shared += expected > 1 ? 1 : 0;
     }
@@ -780,18 +526,21 @@ TEST(KvCacheTest, FreedPagesArePoisonedInEveryLayer) {
     return RPA_ASAN_IS_POISONED(first) == 0 && RPA_ASAN_IS_POISONED(last) == 0;
   };
   for (PageId page : pages) {
-    for (std::uint32_t layer = 0; layer < 3; ++layer) EXPECT_TRUE(addressable(page, layer));
+    for (std::uint32_t layer = 0; layer < 3; ++layer)
+      EXPECT_TRUE(addressable(page, layer));
   }
   ASSERT_TRUE(cache->FreeSequence(seq).ok());
   for (PageId page : pages) {
     for (std::uint32_t layer = 0; layer < 3; ++layer) {
-      EXPECT_TRUE(poisoned(page, layer)) << PageIndex(page) << " layer " << layer;
+      EXPECT_TRUE(poisoned(page, layer))
+          << PageIndex(page) << " layer " << layer;
     }
   }
   // A stale page-table entry now crashes instead of reading another
   // sequence's keys.
   const std::byte* stale = cache->Layer(2).SlotAddress(pages[1], 1);
-  EXPECT_DEATH((void)*static_cast<const volatile std::byte*>(stale), "use-after-poison");
+  EXPECT_DEATH((void)*static_cast<const volatile std::byte*>(stale),
+               "use-after-poison");
 #endif
 }
 

@@ -45,7 +45,8 @@ constexpr std::size_t kPageWords = 8;  // a page is 64 bytes here
 // The page memory: plain (non-atomic) words, written by each page's owner.
 class PageMemoryForTest {
  public:
-  explicit PageMemoryForTest(std::uint32_t num_pages) : words_(num_pages * kPageWords) {}
+  explicit PageMemoryForTest(std::uint32_t num_pages)
+      : words_(num_pages * kPageWords) {}
   PageMemory memory() {
     return {.base = reinterpret_cast<std::byte*>(words_.data()),
             .page_bytes = kPageWords * sizeof(std::uint64_t)};
@@ -79,14 +80,16 @@ struct ThreadResult {
 };
 
 // One thread's random walk: holds up to `max_held` pages.
-void RandomOps(PageAllocator& allocator, PageMemoryForTest& memory, int me, std::uint64_t seed,
-               std::int64_t num_ops, std::size_t max_held, ThreadResult& result) {
+void RandomOps(PageAllocator& allocator, PageMemoryForTest& memory, int me,
+               std::uint64_t seed, std::int64_t num_ops, std::size_t max_held,
+               ThreadResult& result) {
   std::mt19937_64 rng(seed * 7919 + static_cast<std::uint64_t>(me));
   std::vector<Held> held;
   std::uint64_t serial = 0;
   const std::uint32_t num_pages = allocator.num_pages();
   auto take = [&](PageId page) {
-    const std::uint64_t tag = (static_cast<std::uint64_t>(me + 1) << 56) | (++serial << 8);
+    const std::uint64_t tag =
+        (static_cast<std::uint64_t>(me + 1) << 56) | (++serial << 8);
     memory.Stamp(page, tag);
     held.push_back({page, tag});
     ++result.allocated;
@@ -97,8 +100,8 @@ void RandomOps(PageAllocator& allocator, PageMemoryForTest& memory, int me, std:
     held.pop_back();
     if (!memory.Check(h.page, h.tag)) {
       result.failures.push_back("page " + std::to_string(PageIndex(h.page)) +
-                                " was overwritten while thread " + std::to_string(me) +
-                                " owned it");
+                                " was overwritten while thread " +
+                                std::to_string(me) + " owned it");
     }
     return h.page;
   };
@@ -126,20 +129,26 @@ void RandomOps(PageAllocator& allocator, PageMemoryForTest& memory, int me, std:
     } else if (dice < 97 && !held.empty()) {
       std::vector<PageId> pages;
       const std::size_t n = std::min<std::size_t>(held.size(), 1 + rng() % 80);
-      for (std::size_t i = 0; i < n; ++i) pages.push_back(release(rng() % held.size()));
+      for (std::size_t i = 0; i < n; ++i)
+        pages.push_back(release(rng() % held.size()));
       const Status status = allocator.FreeN(pages);
-      if (!status.ok()) result.failures.push_back("FreeN: " + status.ToString());
+      if (!status.ok())
+        result.failures.push_back("FreeN: " + status.ToString());
     } else {
       // Misuse that is safe to attempt concurrently: out of range, and a span
       // repeating one of my pages (must fail and free nothing).
-      if (allocator.Free(MakePageId(num_pages + static_cast<std::uint32_t>(rng() % 5))).ok()) {
+      if (allocator
+              .Free(
+                  MakePageId(num_pages + static_cast<std::uint32_t>(rng() % 5)))
+              .ok()) {
         result.failures.push_back("out-of-range Free accepted");
       }
       if (!held.empty()) {
         const PageId page = held[rng() % held.size()].page;
         const PageId pages[] = {page, held[rng() % held.size()].page, page};
         if (allocator.FreeN(pages).ok() || !allocator.IsAllocated(page)) {
-          result.failures.push_back("FreeN with a repeated page freed something");
+          result.failures.push_back(
+              "FreeN with a repeated page freed something");
         }
       }
     }
@@ -147,7 +156,8 @@ void RandomOps(PageAllocator& allocator, PageMemoryForTest& memory, int me, std:
   std::vector<PageId> rest;
   while (!held.empty()) rest.push_back(release(held.size() - 1));
   const Status status = allocator.FreeN(rest);
-  if (!status.ok()) result.failures.push_back("final FreeN: " + status.ToString());
+  if (!status.ok())
+    result.failures.push_back("final FreeN: " + status.ToString());
 }
 
 // Every page is free, reachable and handed out once.
@@ -158,7 +168,8 @@ void ExpectEveryPageBack(PageAllocator& allocator) {
   EXPECT_EQ(stats.free_pages, n);
   EXPECT_LE(stats.high_water_pages, n);
   std::vector<PageId> pages;
-  while (std::optional<PageId> page = allocator.Allocate()) pages.push_back(*page);
+  while (std::optional<PageId> page = allocator.Allocate())
+    pages.push_back(*page);
   EXPECT_EQ(pages.size(), n);
   EXPECT_EQ(std::set<PageId>(pages.begin(), pages.end()).size(), n);
   EXPECT_TRUE(allocator.FreeN(pages).ok());
@@ -174,17 +185,24 @@ struct StressParams {
   std::size_t max_held_per_thread;
 };
 
-class PageAllocatorStressTest : public ::testing::TestWithParam<StressParams> {};
+class PageAllocatorStressTest : public ::testing::TestWithParam<StressParams> {
+};
 
 INSTANTIATE_TEST_SUITE_P(
     Configs, PageAllocatorStressTest,
     ::testing::Values(
         // Plenty of pages: mostly cache hits.
-        StressParams{.num_pages = 4096, .thread_cache_pages = 64, .max_held_per_thread = 600},
+        StressParams{.num_pages = 4096,
+                     .thread_cache_pages = 64,
+                     .max_held_per_thread = 600},
         // Scarce pages: constant exhaustion, refills, flushes and stealing.
-        StressParams{.num_pages = 256, .thread_cache_pages = 32, .max_held_per_thread = 128},
+        StressParams{.num_pages = 256,
+                     .thread_cache_pages = 32,
+                     .max_held_per_thread = 128},
         // No caches: the shared stack alone.
-        StressParams{.num_pages = 512, .thread_cache_pages = 0, .max_held_per_thread = 200}),
+        StressParams{.num_pages = 512,
+                     .thread_cache_pages = 0,
+                     .max_held_per_thread = 200}),
     [](const auto& param_info) {
       return "pages" + std::to_string(param_info.param.num_pages) + "_cache" +
              std::to_string(param_info.param.thread_cache_pages);
@@ -196,16 +214,18 @@ TEST_P(PageAllocatorStressTest, RandomOpsFromFourThreadsEndWithEveryPageBack) {
   for (std::uint64_t seed : {1u, 2u}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     PageMemoryForTest memory(params.num_pages);
-    auto created = PageAllocator::Create({.num_pages = params.num_pages,
-                                          .thread_cache_pages = params.thread_cache_pages,
-                                          .memory = memory.memory()});
+    auto created =
+        PageAllocator::Create({.num_pages = params.num_pages,
+                               .thread_cache_pages = params.thread_cache_pages,
+                               .memory = memory.memory()});
     ASSERT_TRUE(created.ok()) << created.status();
     PageAllocator& allocator = **created;
     std::vector<ThreadResult> results(kThreads);
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&, t] {
-        RandomOps(allocator, memory, t, seed, 25'000 * kOpsScale, params.max_held_per_thread,
+        RandomOps(allocator, memory, t, seed, 25'000 * kOpsScale,
+                  params.max_held_per_thread,
                   results[static_cast<std::size_t>(t)]);
       });
     }
@@ -213,7 +233,8 @@ TEST_P(PageAllocatorStressTest, RandomOpsFromFourThreadsEndWithEveryPageBack) {
     std::int64_t ops = 0;
     std::int64_t allocated = 0;
     for (const ThreadResult& result : results) {
-      for (const std::string& failure : result.failures) ADD_FAILURE() << failure;
+      for (const std::string& failure : result.failures)
+        ADD_FAILURE() << failure;
       ops += result.ops;
       allocated += result.allocated;
     }
@@ -227,7 +248,8 @@ TEST_P(PageAllocatorStressTest, RandomOpsFromFourThreadsEndWithEveryPageBack) {
 // page, one by one and then all at once.
 TEST(PageAllocatorStressTest, PagesParkedInLiveThreadsAreReclaimed) {
   constexpr std::uint32_t kPages = 512;
-  auto created = PageAllocator::Create({.num_pages = kPages, .thread_cache_pages = 128});
+  auto created =
+      PageAllocator::Create({.num_pages = kPages, .thread_cache_pages = 128});
   ASSERT_TRUE(created.ok());
   PageAllocator& allocator = **created;
   std::mutex mu;
@@ -238,7 +260,8 @@ TEST(PageAllocatorStressTest, PagesParkedInLiveThreadsAreReclaimed) {
   for (int t = 0; t < 3; ++t) {
     parkers.emplace_back([&, t] {
       std::vector<PageId> pages;
-      for (int i = 0; i < 90 + 10 * t; ++i) pages.push_back(*allocator.Allocate());
+      for (int i = 0; i < 90 + 10 * t; ++i)
+        pages.push_back(*allocator.Allocate());
       for (PageId page : pages) ASSERT_TRUE(allocator.Free(page).ok());
       std::unique_lock<std::mutex> lock(mu);
       ++parked;
@@ -252,7 +275,8 @@ TEST(PageAllocatorStressTest, PagesParkedInLiveThreadsAreReclaimed) {
   }
   for (int round = 0; round < 3; ++round) {
     std::vector<PageId> pages;
-    while (std::optional<PageId> page = allocator.Allocate()) pages.push_back(*page);
+    while (std::optional<PageId> page = allocator.Allocate())
+      pages.push_back(*page);
     ASSERT_EQ(pages.size(), kPages) << "round " << round;
     ASSERT_TRUE(allocator.FreeN(pages).ok());
     std::vector<PageId> all(kPages);
@@ -286,13 +310,14 @@ TEST(PageAllocatorStressTest, ThreadChurnReleasesAndAdoptsCaches) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t) {
       threads.emplace_back([&, t] {
-        RandomOps(allocator, memory, t, static_cast<std::uint64_t>(wave), 500, 80,
-                  results[static_cast<std::size_t>(t)]);
+        RandomOps(allocator, memory, t, static_cast<std::uint64_t>(wave), 500,
+                  80, results[static_cast<std::size_t>(t)]);
       });
     }
     for (std::thread& thread : threads) thread.join();
     for (const ThreadResult& result : results) {
-      for (const std::string& failure : result.failures) ADD_FAILURE() << failure;
+      for (const std::string& failure : result.failures)
+        ADD_FAILURE() << failure;
     }
     ASSERT_EQ(allocator.Stats().used_pages, 0u) << "wave " << wave;
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "page_pool.h"
+
 #include "rpa/runtime/sanitizers.h"
 
 // GCC 12 warns about members left out of designated initializers
@@ -28,7 +29,8 @@ namespace {
 using ::testing::HasSubstr;
 using Pool = internal::PagePool<std::atomic>;
 
-std::unique_ptr<PageAllocator> MakeAllocator(const PageAllocatorOptions& options) {
+std::unique_ptr<PageAllocator> MakeAllocator(
+    const PageAllocatorOptions& options) {
   auto allocator = PageAllocator::Create(options);
   EXPECT_TRUE(allocator.ok()) << allocator.status();
   return allocator.ok() ? std::move(allocator).value() : nullptr;
@@ -37,7 +39,8 @@ std::unique_ptr<PageAllocator> MakeAllocator(const PageAllocatorOptions& options
 // Allocates pages one by one until Allocate says no.
 std::vector<PageId> AllocateAll(PageAllocator& allocator) {
   std::vector<PageId> pages;
-  while (std::optional<PageId> page = allocator.Allocate()) pages.push_back(*page);
+  while (std::optional<PageId> page = allocator.Allocate())
+    pages.push_back(*page);
   return pages;
 }
 
@@ -56,11 +59,13 @@ class CountingResource : public std::pmr::memory_resource {
     ++num_allocations_;
     return std::pmr::new_delete_resource()->allocate(bytes, alignment);
   }
-  void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
+  void do_deallocate(void* p, std::size_t bytes,
+                     std::size_t alignment) override {
     outstanding_bytes_ -= bytes;
     std::pmr::new_delete_resource()->deallocate(p, bytes, alignment);
   }
-  bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+  bool do_is_equal(
+      const std::pmr::memory_resource& other) const noexcept override {
     return this == &other;
   }
   std::size_t budget_bytes_;
@@ -68,7 +73,8 @@ class CountingResource : public std::pmr::memory_resource {
   std::size_t num_allocations_ = 0;
 };
 
-// ---- Create ------------------------------------------------------------------
+// ---- Create
+// ------------------------------------------------------------------
 
 struct BadOption {
   const char* name;
@@ -80,20 +86,36 @@ TEST(PageAllocatorTest, CreateRejectsBadOptionsNamingFieldAndValue) {
   std::byte memory[64];
   const std::vector<BadOption> cases = {
       {"zero pages", {.num_pages = 0}, "num_pages must be in [1, 2^31), got 0"},
-      {"2^31 pages", {.num_pages = 1u << 31}, "num_pages must be in [1, 2^31), got 2147483648"},
-      {"cache of one", {.num_pages = 8, .thread_cache_pages = 1}, "thread_cache_pages must be 0"},
-      {"huge cache", {.num_pages = 8, .thread_cache_pages = 70000}, "got 70000"},
-      {"many caches", {.num_pages = 8, .max_thread_caches = 5000}, "max_thread_caches must be at most 4096, got 5000"},
-      {"null metadata", {.num_pages = 8, .metadata = nullptr}, "metadata must not be null"},
-      {"zero page bytes", {.num_pages = 8, .memory = {.base = memory, .page_bytes = 0}},
+      {"2^31 pages",
+       {.num_pages = 1u << 31},
+       "num_pages must be in [1, 2^31), got 2147483648"},
+      {"cache of one",
+       {.num_pages = 8, .thread_cache_pages = 1},
+       "thread_cache_pages must be 0"},
+      {"huge cache",
+       {.num_pages = 8, .thread_cache_pages = 70000},
+       "got 70000"},
+      {"many caches",
+       {.num_pages = 8, .max_thread_caches = 5000},
+       "max_thread_caches must be at most 4096, got 5000"},
+      {"null metadata",
+       {.num_pages = 8, .metadata = nullptr},
+       "metadata must not be null"},
+      {"zero page bytes",
+       {.num_pages = 8, .memory = {.base = memory, .page_bytes = 0}},
        "memory.page_bytes must be positive"},
       {"zero planes",
-       {.num_pages = 8, .memory = {.base = memory, .page_bytes = 8, .num_planes = 0}},
+       {.num_pages = 8,
+        .memory = {.base = memory, .page_bytes = 8, .num_planes = 0}},
        "memory.num_planes must be positive"},
       {"overlapping planes",
        {.num_pages = 8,
-        .memory = {.base = memory, .page_bytes = 8, .num_planes = 2, .plane_stride_bytes = 32}},
-       "memory.plane_stride_bytes must be at least num_pages * memory.page_bytes = 64"},
+        .memory = {.base = memory,
+                   .page_bytes = 8,
+                   .num_planes = 2,
+                   .plane_stride_bytes = 32}},
+       "memory.plane_stride_bytes must be at least num_pages * "
+       "memory.page_bytes = 64"},
   };
   for (const BadOption& bad : cases) {
     SCOPED_TRACE(bad.name);
@@ -106,9 +128,12 @@ TEST(PageAllocatorTest, CreateRejectsBadOptionsNamingFieldAndValue) {
 
 TEST(PageAllocatorTest, CreateAcceptsBoundaryOptions) {
   EXPECT_TRUE(PageAllocator::Create({.num_pages = 1}).ok());
-  EXPECT_TRUE(PageAllocator::Create({.num_pages = 1, .thread_cache_pages = 0}).ok());
-  EXPECT_TRUE(PageAllocator::Create({.num_pages = 1, .thread_cache_pages = 2}).ok());
-  EXPECT_TRUE(PageAllocator::Create({.num_pages = 3, .max_thread_caches = 0}).ok());
+  EXPECT_TRUE(
+      PageAllocator::Create({.num_pages = 1, .thread_cache_pages = 0}).ok());
+  EXPECT_TRUE(
+      PageAllocator::Create({.num_pages = 1, .thread_cache_pages = 2}).ok());
+  EXPECT_TRUE(
+      PageAllocator::Create({.num_pages = 3, .max_thread_caches = 0}).ok());
 }
 
 TEST(PageAllocatorTest, BookkeepingComesFromMetadataResourceAndIsReturned) {
@@ -116,7 +141,8 @@ TEST(PageAllocatorTest, BookkeepingComesFromMetadataResourceAndIsReturned) {
   {
     auto allocator = MakeAllocator({.num_pages = 1000, .metadata = &resource});
     ASSERT_NE(allocator, nullptr);
-    EXPECT_GE(resource.outstanding_bytes(), 1000u * 5);  // a state byte and a link per page
+    EXPECT_GE(resource.outstanding_bytes(),
+              1000u * 5);  // a state byte and a link per page
     ASSERT_TRUE(allocator->Allocate().has_value());
   }
   EXPECT_GT(resource.num_allocations(), 0u);
@@ -124,28 +150,36 @@ TEST(PageAllocatorTest, BookkeepingComesFromMetadataResourceAndIsReturned) {
 }
 
 TEST(PageAllocatorTest, CreateReportsExhaustedMetadataAndLeaksNothing) {
-  for (std::size_t budget : {std::size_t{0}, std::size_t{1000}, std::size_t{6000}}) {
+  for (std::size_t budget :
+       {std::size_t{0}, std::size_t{1000}, std::size_t{6000}}) {
     SCOPED_TRACE(budget);
     CountingResource resource(budget);
-    auto allocator = PageAllocator::Create({.num_pages = 1000, .metadata = &resource});
+    auto allocator =
+        PageAllocator::Create({.num_pages = 1000, .metadata = &resource});
     ASSERT_FALSE(allocator.ok());
     EXPECT_EQ(allocator.status().code(), StatusCode::kResourceExhausted);
-    EXPECT_THAT(allocator.status().message(), HasSubstr("bytes of bookkeeping for num_pages 1000"));
+    EXPECT_THAT(allocator.status().message(),
+                HasSubstr("bytes of bookkeeping for num_pages 1000"));
     EXPECT_EQ(resource.outstanding_bytes(), 0u);
   }
 }
 
-// ---- Allocate / Free, for each cache configuration -----------------------------
+// ---- Allocate / Free, for each cache configuration
+// -----------------------------
 
 class PageAllocatorConfigTest : public ::testing::TestWithParam<std::uint32_t> {
  protected:
   std::unique_ptr<PageAllocator> Make(std::uint32_t num_pages) {
-    return MakeAllocator({.num_pages = num_pages, .thread_cache_pages = GetParam()});
+    return MakeAllocator(
+        {.num_pages = num_pages, .thread_cache_pages = GetParam()});
   }
 };
 
-INSTANTIATE_TEST_SUITE_P(CachePages, PageAllocatorConfigTest, ::testing::Values(0u, 2u, 4u, 128u),
-                         [](const auto& param_info) { return "cache" + std::to_string(param_info.param); });
+INSTANTIATE_TEST_SUITE_P(CachePages, PageAllocatorConfigTest,
+                         ::testing::Values(0u, 2u, 4u, 128u),
+                         [](const auto& param_info) {
+                           return "cache" + std::to_string(param_info.param);
+                         });
 
 TEST_P(PageAllocatorConfigTest, AllocatesEveryPageOnceThenReportsNone) {
   auto allocator = Make(100);
@@ -180,7 +214,8 @@ TEST_P(PageAllocatorConfigTest, FreeRejectsOutOfRangeId) {
   const Status status = allocator->Free(MakePageId(5000));
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(), "page id 5000 out of range [0, 4096)");
-  EXPECT_EQ(allocator->Free(MakePageId(4096)).message(), "page id 4096 out of range [0, 4096)");
+  EXPECT_EQ(allocator->Free(MakePageId(4096)).message(),
+            "page id 4096 out of range [0, 4096)");
   EXPECT_EQ(allocator->Stats().used_pages, 0u);
 }
 
@@ -192,8 +227,8 @@ TEST_P(PageAllocatorConfigTest, FreeRejectsDoubleFreeAndChangesNothing) {
   ASSERT_TRUE(allocator->Free(page).ok());
   const Status status = allocator->Free(page);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(status.message(),
-            "page " + std::to_string(PageIndex(page)) + " is not allocated (double free?)");
+  EXPECT_EQ(status.message(), "page " + std::to_string(PageIndex(page)) +
+                                  " is not allocated (double free?)");
   // The free list is intact: exactly the one page comes back, once.
   EXPECT_EQ(allocator->Stats().used_pages, 63u);
   std::vector<PageId> again = AllocateAll(*allocator);
@@ -220,7 +255,8 @@ TEST_P(PageAllocatorConfigTest, IsAllocatedTracksState) {
   EXPECT_FALSE(allocator->IsAllocated(*page));
 }
 
-// ---- AllocateN / FreeN -----------------------------------------------------------
+// ---- AllocateN / FreeN
+// -----------------------------------------------------------
 
 TEST_P(PageAllocatorConfigTest, AllocateNFillsDistinctPages) {
   auto allocator = Make(300);
@@ -285,12 +321,14 @@ TEST_P(PageAllocatorConfigTest, FreeNRejectsBadSpansAndFreesNothing) {
   std::vector<PageId> repeated = {pages[0], pages[1], pages[2], pages[1]};
   status = allocator->FreeN(repeated);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(status.message(), "pages[3]: page " + std::to_string(PageIndex(pages[1])) +
+  EXPECT_EQ(status.message(), "pages[3]: page " +
+                                  std::to_string(PageIndex(pages[1])) +
                                   " is repeated (also pages[1])");
 
   std::vector<PageId> with_free = {pages[3], pages[4], not_allocated, pages[5]};
   status = allocator->FreeN(with_free);
-  EXPECT_EQ(status.message(), "pages[2]: page " + std::to_string(PageIndex(not_allocated)) +
+  EXPECT_EQ(status.message(), "pages[2]: page " +
+                                  std::to_string(PageIndex(not_allocated)) +
                                   " is not allocated (double free?)");
 
   // Every failed call was undone.
@@ -301,7 +339,8 @@ TEST_P(PageAllocatorConfigTest, FreeNRejectsBadSpansAndFreesNothing) {
   EXPECT_EQ(AllocateAll(*allocator).size(), 16u);
 }
 
-// ---- Counters --------------------------------------------------------------------
+// ---- Counters
+// --------------------------------------------------------------------
 
 TEST_P(PageAllocatorConfigTest, StatsAreExactWithOneThread) {
   auto allocator = Make(1000);
@@ -335,7 +374,8 @@ TEST_P(PageAllocatorConfigTest, StatsAreExactWithOneThread) {
   EXPECT_EQ(stats.high_water_pages, 650u);
 }
 
-// ---- Thread caches ----------------------------------------------------------------
+// ---- Thread caches
+// ----------------------------------------------------------------
 
 // Runs `park` on a thread that then waits, alive, until the returned
 // function is called (which joins it).
@@ -374,7 +414,8 @@ TEST(PageAllocatorTest, AllocateReclaimsPagesParkedInALiveThreadsCache) {
   ParkedThread parked([&] {
     std::vector<PageId> pages = AllocateAll(*allocator);
     ASSERT_EQ(pages.size(), 64u);
-    for (PageId page : pages) ASSERT_TRUE(allocator->Free(page).ok());  // 16..32 stay cached
+    for (PageId page : pages)
+      ASSERT_TRUE(allocator->Free(page).ok());  // 16..32 stay cached
   });
   EXPECT_EQ(allocator->Stats().free_pages, 64u);
   std::vector<PageId> pages = AllocateAll(*allocator);
@@ -391,8 +432,10 @@ TEST(PageAllocatorTest, AllocateNStealsFromOtherCaches) {
   ParkedThread parked([&] {
     std::vector<PageId> pages(64);
     ASSERT_TRUE(allocator->AllocateN(pages));
-    ASSERT_TRUE(allocator->FreeN(std::span<const PageId>(pages).first(20)).ok());  // via cache
-    ASSERT_TRUE(allocator->FreeN(std::span<const PageId>(pages).subspan(20)).ok());  // global
+    ASSERT_TRUE(allocator->FreeN(std::span<const PageId>(pages).first(20))
+                    .ok());  // via cache
+    ASSERT_TRUE(allocator->FreeN(std::span<const PageId>(pages).subspan(20))
+                    .ok());  // global
   });
   std::vector<PageId> all(64);
   EXPECT_TRUE(allocator->AllocateN(all));
@@ -495,12 +538,14 @@ TEST(PagePoolTest, OneThreadCanUseManyPools) {
   // ones: every pool keeps working, caches or not.
   std::vector<std::unique_ptr<Pool>> pools;
   for (int i = 0; i < 40; ++i) {
-    pools.push_back(std::make_unique<Pool>(PageAllocatorOptions{.num_pages = 4, .thread_cache_pages = 2}));
+    pools.push_back(std::make_unique<Pool>(
+        PageAllocatorOptions{.num_pages = 4, .thread_cache_pages = 2}));
   }
   for (int round = 0; round < 3; ++round) {
     for (auto& pool : pools) {
       std::vector<PageId> pages;
-      while (std::optional<PageId> page = pool->Allocate()) pages.push_back(*page);
+      while (std::optional<PageId> page = pool->Allocate())
+        pages.push_back(*page);
       ASSERT_EQ(pages.size(), 4u);
       ASSERT_TRUE(pool->FreeN(pages).ok());
     }
@@ -512,7 +557,8 @@ TEST(PagePoolTest, OneThreadCanUseManyPools) {
   for (auto& pool : pools) pool->ReleaseThreadCache();
 }
 
-// ---- ASan poisoning -------------------------------------------------------------------
+// ---- ASan poisoning
+// -------------------------------------------------------------------
 
 TEST(PageAllocatorTest, FreedPagesArePoisonedAndAllocatedOnesAreNot) {
 #if !RPA_HAS_ASAN
@@ -524,7 +570,8 @@ TEST(PageAllocatorTest, FreedPagesArePoisonedAndAllocatedOnesAreNot) {
   constexpr std::size_t kStride = kPages * kPageBytes + 512;
   std::vector<std::byte> memory(kPlanes * kStride);
   auto address = [&](std::uint32_t plane, PageId page, std::size_t offset) {
-    return memory.data() + plane * kStride + PageIndex(page) * kPageBytes + offset;
+    return memory.data() + plane * kStride + PageIndex(page) * kPageBytes +
+           offset;
   };
   {
     auto allocator = MakeAllocator({.num_pages = kPages,
@@ -535,7 +582,8 @@ TEST(PageAllocatorTest, FreedPagesArePoisonedAndAllocatedOnesAreNot) {
                                                .plane_stride_bytes = kStride}});
     for (std::uint32_t plane = 0; plane < kPlanes; ++plane) {
       EXPECT_TRUE(RPA_ASAN_IS_POISONED(address(plane, MakePageId(5), 0)));
-      EXPECT_FALSE(RPA_ASAN_IS_POISONED(memory.data() + plane * kStride + kPages * kPageBytes));
+      EXPECT_FALSE(RPA_ASAN_IS_POISONED(memory.data() + plane * kStride +
+                                        kPages * kPageBytes));
     }
     std::optional<PageId> page = allocator->Allocate();
     ASSERT_TRUE(page.has_value());
@@ -552,9 +600,11 @@ TEST(PageAllocatorTest, FreedPagesArePoisonedAndAllocatedOnesAreNot) {
     EXPECT_DEATH(*address(1, *page, 7) = std::byte{43}, "use-after-poison");
     std::vector<PageId> pages(kPages);
     ASSERT_TRUE(allocator->AllocateN(pages));
-    for (PageId each : pages) EXPECT_FALSE(RPA_ASAN_IS_POISONED(address(2, each, 100)));
+    for (PageId each : pages)
+      EXPECT_FALSE(RPA_ASAN_IS_POISONED(address(2, each, 100)));
     ASSERT_TRUE(allocator->FreeN(pages).ok());
-    for (PageId each : pages) EXPECT_TRUE(RPA_ASAN_IS_POISONED(address(2, each, 100)));
+    for (PageId each : pages)
+      EXPECT_TRUE(RPA_ASAN_IS_POISONED(address(2, each, 100)));
   }
   // The destructor hands the memory back usable.
   EXPECT_FALSE(RPA_ASAN_IS_POISONED(address(0, MakePageId(5), 0)));

@@ -28,7 +28,8 @@ using rpa::test::DeterministicAtomic;
 using rpa::test::DeterministicSchedule;
 using Pool = internal::PagePool<DeterministicAtomic>;
 
-// ---- The schedule itself ------------------------------------------------------------
+// ---- The schedule itself
+// ------------------------------------------------------------
 
 std::uint64_t TraceOf(std::uint64_t seed) {
   DeterministicSchedule schedule(seed);
@@ -58,11 +59,13 @@ class UntaggedStack {
  public:
   static constexpr std::uint32_t kNil = 0xFFFFFFFF;
   explicit UntaggedStack(std::uint32_t n) : next_(n) {
-    for (std::uint32_t i = 0; i < n; ++i) next_[i].store(i + 1 < n ? i + 1 : kNil);
+    for (std::uint32_t i = 0; i < n; ++i)
+      next_[i].store(i + 1 < n ? i + 1 : kNil);
   }
   std::uint32_t Pop() {
     std::uint32_t head = head_.load();
-    while (head != kNil && !head_.compare_exchange_weak(head, next_[head].load())) {
+    while (head != kNil &&
+           !head_.compare_exchange_weak(head, next_[head].load())) {
     }
     return head;
   }
@@ -80,7 +83,8 @@ class UntaggedStack {
 
 TEST(DeterministicScheduleTest, FindsTheAbaBugOfAnUntaggedStack) {
   int seeds_with_double_pop = 0;
-  for (std::uint64_t seed = 0; seed < 200 && seeds_with_double_pop == 0; ++seed) {
+  for (std::uint64_t seed = 0; seed < 200 && seeds_with_double_pop == 0;
+       ++seed) {
     DeterministicSchedule schedule(seed);
     UntaggedStack<DeterministicAtomic> stack(4);
     std::vector<int> owner(4, -1);
@@ -97,7 +101,9 @@ TEST(DeterministicScheduleTest, FindsTheAbaBugOfAnUntaggedStack) {
             owner[node] = t;
           }
           for (std::uint32_t node : {a, b}) {
-            if (node == UntaggedStack<DeterministicAtomic>::kNil || owner[node] != t) continue;
+            if (node == UntaggedStack<DeterministicAtomic>::kNil ||
+                owner[node] != t)
+              continue;
             owner[node] = -1;
             stack.Push(node);
           }
@@ -111,7 +117,8 @@ TEST(DeterministicScheduleTest, FindsTheAbaBugOfAnUntaggedStack) {
   EXPECT_GT(seeds_with_double_pop, 0) << "the schedule never exposed ABA";
 }
 
-// ---- PagePool under the schedule --------------------------------------------------------
+// ---- PagePool under the schedule
+// --------------------------------------------------------
 
 struct Scenario {
   int num_threads;
@@ -126,18 +133,20 @@ struct Scenario {
 // order their accesses), so plain containers are fine.
 struct World {
   explicit World(std::uint32_t num_pages) : owner(num_pages, -1) {}
-  std::vector<int> owner;     // test-side owner of each page, -1 if none
-  std::int64_t owned = 0;     // pages owned by all threads now
+  std::vector<int> owner;  // test-side owner of each page, -1 if none
+  std::int64_t owned = 0;  // pages owned by all threads now
   std::int64_t max_owned = 0;
   std::vector<std::string> failures;
 
   void Fail(std::string what) { failures.push_back(std::move(what)); }
   void Take(PageId page, int thread) {
     const std::uint32_t index = PageIndex(page);
-    if (index >= owner.size()) return Fail("page out of range: " + std::to_string(index));
+    if (index >= owner.size())
+      return Fail("page out of range: " + std::to_string(index));
     if (owner[index] != -1) {
-      return Fail("page " + std::to_string(index) + " handed to thread " + std::to_string(thread) +
-                  " while owned by thread " + std::to_string(owner[index]));
+      return Fail("page " + std::to_string(index) + " handed to thread " +
+                  std::to_string(thread) + " while owned by thread " +
+                  std::to_string(owner[index]));
     }
     owner[index] = thread;
     max_owned = std::max(max_owned, ++owned);
@@ -148,23 +157,27 @@ struct World {
   }
 };
 
-void Body(Pool& pool, World& world, int me, std::uint64_t seed, const Scenario& s) {
+void Body(Pool& pool, World& world, int me, std::uint64_t seed,
+          const Scenario& s) {
   std::mt19937_64 rng(seed * 1000003 + static_cast<std::uint64_t>(me));
-  auto uniform = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
-  std::vector<PageId> mine;
-  auto release = [&](std::size_t count) {  // picks `count` of my pages, off the books
-    std::vector<PageId> picked;
-    for (std::size_t i = 0; i < count && !mine.empty(); ++i) {
-      const std::size_t at = uniform(mine.size());
-      picked.push_back(mine[at]);
-      mine[at] = mine.back();
-      mine.pop_back();
-      // Off the books BEFORE the pool call: once freed, another thread may
-      // get the page before our call even returns.
-      world.Give(picked.back());
-    }
-    return picked;
+  auto uniform = [&](std::size_t n) {
+    return static_cast<std::size_t>(rng() % n);
   };
+  std::vector<PageId> mine;
+  auto release =
+      [&](std::size_t count) {  // picks `count` of my pages, off the books
+        std::vector<PageId> picked;
+        for (std::size_t i = 0; i < count && !mine.empty(); ++i) {
+          const std::size_t at = uniform(mine.size());
+          picked.push_back(mine[at]);
+          mine[at] = mine.back();
+          mine.pop_back();
+          // Off the books BEFORE the pool call: once freed, another thread may
+          // get the page before our call even returns.
+          world.Give(picked.back());
+        }
+        return picked;
+      };
   for (int op = 0; op < s.ops_per_thread; ++op) {
     const std::size_t dice = uniform(100);
     if (dice < 35) {
@@ -190,8 +203,10 @@ void Body(Pool& pool, World& world, int me, std::uint64_t seed, const Scenario& 
       const Status status = pool.FreeN(pages);
       if (!status.ok()) world.Fail("FreeN: " + status.ToString());
     } else if (dice < 90) {
-      const Status status = pool.Free(MakePageId(s.num_pages + static_cast<std::uint32_t>(uniform(3))));
-      if (status.code() != StatusCode::kInvalidArgument) world.Fail("out-of-range Free accepted");
+      const Status status = pool.Free(
+          MakePageId(s.num_pages + static_cast<std::uint32_t>(uniform(3))));
+      if (status.code() != StatusCode::kInvalidArgument)
+        world.Fail("out-of-range Free accepted");
     } else if (!mine.empty()) {
       // Bad FreeN spans: a repeated page, or an id out of range after valid
       // ones. Both must fail and leave my pages allocated.
@@ -201,7 +216,8 @@ void Body(Pool& pool, World& world, int me, std::uint64_t seed, const Scenario& 
       if (pool.FreeN(pages).ok()) world.Fail("bad FreeN accepted");
       for (PageId page : pages) {
         if (PageIndex(page) < s.num_pages && !pool.IsAllocated(page)) {
-          world.Fail("failed FreeN freed page " + std::to_string(PageIndex(page)));
+          world.Fail("failed FreeN freed page " +
+                     std::to_string(PageIndex(page)));
         }
       }
     }
@@ -223,7 +239,9 @@ void RunScenario(const Scenario& s) {
     DeterministicSchedule schedule(static_cast<std::uint64_t>(seed));
     std::vector<std::function<void()>> bodies;
     for (int t = 0; t < s.num_threads; ++t) {
-      bodies.push_back([&, t] { Body(pool, world, t, static_cast<std::uint64_t>(seed), s); });
+      bodies.push_back([&, t] {
+        Body(pool, world, t, static_cast<std::uint64_t>(seed), s);
+      });
     }
     schedule.Run(std::move(bodies));
     total_points += schedule.num_points();
@@ -240,12 +258,13 @@ void RunScenario(const Scenario& s) {
     // books lag the pool by the pages of one call per thread (taken after
     // Allocate returns, given back before Free is called).
     constexpr std::int64_t kMaxPagesPerCall = 5;
-    const std::int64_t slack =
-        std::int64_t{s.num_threads} * (pool.cache_capacity() + kMaxPagesPerCall);
+    const std::int64_t slack = std::int64_t{s.num_threads} *
+                               (pool.cache_capacity() + kMaxPagesPerCall);
     EXPECT_GE(std::int64_t{stats.high_water_pages}, world.max_owned - slack);
     EXPECT_LE(std::int64_t{stats.high_water_pages}, world.max_owned + slack);
     EXPECT_EQ(pool.CountOwnedCaches(), 0u);
-    for (std::uint32_t p = 0; p < s.num_pages; ++p) EXPECT_FALSE(pool.IsAllocated(MakePageId(p)));
+    for (std::uint32_t p = 0; p < s.num_pages; ++p)
+      EXPECT_FALSE(pool.IsAllocated(MakePageId(p)));
     std::vector<PageId> all(s.num_pages);
     ASSERT_TRUE(pool.AllocateN(all));
     EXPECT_EQ(std::set<PageId>(all.begin(), all.end()).size(), s.num_pages);
@@ -255,7 +274,8 @@ void RunScenario(const Scenario& s) {
     pool.ReleaseThreadCache();
     if (::testing::Test::HasFailure()) return;
   }
-  ::testing::Test::RecordProperty("scheduling_points", std::to_string(total_points));
+  ::testing::Test::RecordProperty("scheduling_points",
+                                  std::to_string(total_points));
 }
 
 // Seed counts are sized for a few seconds in a release build and well under
@@ -267,30 +287,50 @@ constexpr int kSeedScale = 2;
 #endif
 
 TEST(PagePoolInterleavingTest, TwoThreads) {
-  RunScenario({.num_threads = 2, .num_pages = 16, .thread_cache_pages = 4,
-               .max_thread_caches = 2, .ops_per_thread = 40, .num_seeds = 150 * kSeedScale});
+  RunScenario({.num_threads = 2,
+               .num_pages = 16,
+               .thread_cache_pages = 4,
+               .max_thread_caches = 2,
+               .ops_per_thread = 40,
+               .num_seeds = 150 * kSeedScale});
 }
 
 TEST(PagePoolInterleavingTest, ThreeThreadsOneWithoutCache) {
-  RunScenario({.num_threads = 3, .num_pages = 16, .thread_cache_pages = 4,
-               .max_thread_caches = 2, .ops_per_thread = 30, .num_seeds = 100 * kSeedScale});
+  RunScenario({.num_threads = 3,
+               .num_pages = 16,
+               .thread_cache_pages = 4,
+               .max_thread_caches = 2,
+               .ops_per_thread = 30,
+               .num_seeds = 100 * kSeedScale});
 }
 
 TEST(PagePoolInterleavingTest, FourThreads) {
-  RunScenario({.num_threads = 4, .num_pages = 16, .thread_cache_pages = 4,
-               .max_thread_caches = 4, .ops_per_thread = 25, .num_seeds = 100 * kSeedScale});
+  RunScenario({.num_threads = 4,
+               .num_pages = 16,
+               .thread_cache_pages = 4,
+               .max_thread_caches = 4,
+               .ops_per_thread = 25,
+               .num_seeds = 100 * kSeedScale});
 }
 
 // Few pages, tiny caches: almost every Allocate ends in stealing, and most
 // Takes race a thief for the last page.
 TEST(PagePoolInterleavingTest, ScarcePagesForceStealing) {
-  RunScenario({.num_threads = 3, .num_pages = 4, .thread_cache_pages = 2,
-               .max_thread_caches = 3, .ops_per_thread = 30, .num_seeds = 150 * kSeedScale});
+  RunScenario({.num_threads = 3,
+               .num_pages = 4,
+               .thread_cache_pages = 2,
+               .max_thread_caches = 3,
+               .ops_per_thread = 30,
+               .num_seeds = 150 * kSeedScale});
 }
 
 TEST(PagePoolInterleavingTest, NoCachesSharedStack) {
-  RunScenario({.num_threads = 3, .num_pages = 8, .thread_cache_pages = 0,
-               .max_thread_caches = 0, .ops_per_thread = 30, .num_seeds = 100 * kSeedScale});
+  RunScenario({.num_threads = 3,
+               .num_pages = 8,
+               .thread_cache_pages = 0,
+               .max_thread_caches = 0,
+               .ops_per_thread = 30,
+               .num_seeds = 100 * kSeedScale});
 }
 
 }  // namespace

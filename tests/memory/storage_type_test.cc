@@ -6,7 +6,8 @@ namespace rpa::memory {
 namespace {
 
 TEST(StorageTypeTest, NamesRoundTrip) {
-  for (StorageType type : {StorageType::kF32, StorageType::kF16, StorageType::kBf16}) {
+  for (StorageType type :
+       {StorageType::kF32, StorageType::kF16, StorageType::kBf16}) {
     auto parsed = ParseStorageType(StorageTypeName(type));
     ASSERT_TRUE(parsed.has_value());
     EXPECT_EQ(*parsed, type);

@@ -13,6 +13,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "executor_fixture.h"
@@ -162,6 +163,30 @@ INSTANTIATE_TEST_SUITE_P(Backends, FileIoTest,
                                            IoParam{4, IoBackend::kThreads},
                                            IoParam{8, IoBackend::kThreads}),
                          IoParamName);
+
+TEST(BlockingTest, ZeroBlockingThreadsRunInline) {
+  auto ex = Executor::Create({.num_workers = 1, .io_backend = IoBackend::kThreads,
+                              .blocking_threads = 0});
+  ASSERT_TRUE(ex.ok());
+  auto task = (*ex)->Spawn([] {
+    const std::thread::id worker = std::this_thread::get_id();
+    return RunBlocking([&] { return std::this_thread::get_id() == worker; });
+  });
+  // The kThreads backend keeps one pool thread for file I/O, so RunBlocking
+  // still goes there.
+  EXPECT_FALSE(*task.Join());
+  auto uring = Executor::Create({.num_workers = 1, .blocking_threads = 0});
+  ASSERT_TRUE(uring.ok());
+  if ((*uring)->io_backend() == IoBackend::kIoUring) {
+    auto inline_task = (*uring)->Spawn([] {
+      const std::thread::id worker = std::this_thread::get_id();
+      return RunBlocking([&] { return std::this_thread::get_id() == worker; });
+    });
+    EXPECT_TRUE(*inline_task.Join());  // no pool: inline on the worker
+  }
+  EXPECT_TRUE((*ex)->Shutdown().ok());
+  EXPECT_TRUE((*uring)->Shutdown().ok());
+}
 
 TEST(FileIoPlainThreadTest, OutsideFibersItIsPreadPwrite) {
   TempFile file;

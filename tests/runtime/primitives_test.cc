@@ -293,5 +293,40 @@ TEST_P(PrimitivesTest, ChannelBetweenThreadsAndFibers) {
 
 RPA_INSTANTIATE_OVER_WORKERS(PrimitivesTest);
 
+// Without any executor the primitives are ordinary thread synchronisation.
+TEST(PrimitivesWithoutExecutorTest, PlainThreadsUseTheSamePrimitives) {
+  EXPECT_FALSE(this_fiber::InFiber());
+  EXPECT_EQ(this_fiber::WorkerIndex(), -1);
+  EXPECT_EQ(Executor::Current(), nullptr);
+  Event go;
+  WaitGroup wg(3);
+  Mutex mu;
+  Semaphore tokens(1);
+  int counter = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&] {
+      go.Wait();
+      for (int i = 0; i < 1000; ++i) {
+        MutexLock lock(mu);
+        ++counter;
+      }
+      tokens.Acquire();
+      tokens.Release();
+      wg.Done();
+    });
+  }
+  go.Set();
+  wg.Wait();
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(counter, 3000);
+}
+
+TEST(PrimitivesDeathTest, WaitGroupDoneWithoutAddIsABug) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  WaitGroup wg;
+  EXPECT_DEATH(wg.Done(), "more often than Add");
+}
+
 }  // namespace
 }  // namespace rpa::runtime

@@ -16,13 +16,16 @@ TEST(StatusTest, DefaultIsOk) {
 }
 
 TEST(StatusTest, ErrorCarriesCodeAndMessage) {
-  Status status = InvalidArgumentError("page_size_tokens must be positive, got 0");
+  Status status =
+      InvalidArgumentError("page_size_tokens must be positive, got 0");
   EXPECT_FALSE(status.ok());
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(status.ToString(), "INVALID_ARGUMENT: page_size_tokens must be positive, got 0");
+  EXPECT_EQ(status.ToString(),
+            "INVALID_ARGUMENT: page_size_tokens must be positive, got 0");
   EXPECT_EQ(ResourceExhaustedError("x").code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(NotFoundError("x").code(), StatusCode::kNotFound);
-  EXPECT_EQ(FailedPreconditionError("x").code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(FailedPreconditionError("x").code(),
+            StatusCode::kFailedPrecondition);
   EXPECT_EQ(UnavailableError("x").code(), StatusCode::kUnavailable);
   EXPECT_EQ(InternalError("x").code(), StatusCode::kInternal);
 }
@@ -33,7 +36,8 @@ TEST(StatusTest, OkStatusDropsMessage) {
 }
 
 StatusOr<int> Half(int x) {
-  if (x % 2 != 0) return InvalidArgumentError("x must be even, got " + std::to_string(x));
+  if (x % 2 != 0)
+    return InvalidArgumentError("x must be even, got " + std::to_string(x));
   return x / 2;
 }
 

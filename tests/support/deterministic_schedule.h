@@ -57,8 +57,10 @@ class DeterministicSchedule {
     int spurious_failure_percent = 10;
   };
 
-  explicit DeterministicSchedule(std::uint64_t seed) : DeterministicSchedule(seed, Options()) {}
-  DeterministicSchedule(std::uint64_t seed, Options options) : options_(options), rng_(seed) {}
+  explicit DeterministicSchedule(std::uint64_t seed)
+      : DeterministicSchedule(seed, Options()) {}
+  DeterministicSchedule(std::uint64_t seed, Options options)
+      : options_(options), rng_(seed) {}
   DeterministicSchedule(const DeterministicSchedule&) = delete;
   DeterministicSchedule& operator=(const DeterministicSchedule&) = delete;
 
@@ -70,7 +72,8 @@ class DeterministicSchedule {
       std::lock_guard<std::mutex> lock(mu_);
       runnable_.assign(n, true);
       wake_.clear();
-      for (std::size_t i = 0; i < n; ++i) wake_.push_back(std::make_unique<std::condition_variable>());
+      for (std::size_t i = 0; i < n; ++i)
+        wake_.push_back(std::make_unique<std::condition_variable>());
       running_ = kNobody;
     }
     std::vector<std::thread> threads;
@@ -172,13 +175,16 @@ template <typename T>
 class DeterministicAtomic {
  public:
   DeterministicAtomic() noexcept : value_() {}
-  constexpr DeterministicAtomic(T value) noexcept : value_(value) {}  // NOLINT: like std::atomic
+  constexpr DeterministicAtomic(T value) noexcept
+      : value_(value) {}  // NOLINT: like std::atomic
   DeterministicAtomic(const DeterministicAtomic&) = delete;
   DeterministicAtomic& operator=(const DeterministicAtomic&) = delete;
 
   // The AtomicTraits fence hook: a scheduling point. No real fence is
   // needed: only one thread runs at a time and every operation is seq_cst.
-  static void ThreadFence(std::memory_order) noexcept { DeterministicSchedule::Point(); }
+  static void ThreadFence(std::memory_order) noexcept {
+    DeterministicSchedule::Point();
+  }
 
   T load(std::memory_order = std::memory_order_seq_cst) const noexcept {
     DeterministicSchedule::Point();
@@ -197,8 +203,9 @@ class DeterministicAtomic {
     DeterministicSchedule::Point();
     return value_.compare_exchange_strong(expected, desired);
   }
-  bool compare_exchange_strong(T& expected, T desired,
-                               std::memory_order order = std::memory_order_seq_cst) noexcept {
+  bool compare_exchange_strong(
+      T& expected, T desired,
+      std::memory_order order = std::memory_order_seq_cst) noexcept {
     return compare_exchange_strong(expected, desired, order, order);
   }
   bool compare_exchange_weak(T& expected, T desired, std::memory_order,
@@ -210,19 +217,18 @@ class DeterministicAtomic {
     }
     return value_.compare_exchange_strong(expected, desired);
   }
-  bool compare_exchange_weak(T& expected, T desired,
-                             std::memory_order order = std::memory_order_seq_cst) noexcept {
+  bool compare_exchange_weak(
+      T& expected, T desired,
+      std::memory_order order = std::memory_order_seq_cst) noexcept {
     return compare_exchange_weak(expected, desired, order, order);
   }
   T fetch_add(T delta, std::memory_order = std::memory_order_seq_cst) noexcept
-    requires std::is_integral_v<T>
-  {
+      requires std::is_integral_v<T> {
     DeterministicSchedule::Point();
     return value_.fetch_add(delta);
   }
   T fetch_sub(T delta, std::memory_order = std::memory_order_seq_cst) noexcept
-    requires std::is_integral_v<T>
-  {
+      requires std::is_integral_v<T> {
     DeterministicSchedule::Point();
     return value_.fetch_sub(delta);
   }

@@ -34,9 +34,9 @@
 // Memory ordering: the metadata byte counter is relaxed (it publishes no data).
 //
 // Example:
-//   auto arena = rpa::memory::Arena::Create({.unit_bytes = 64 << 10, .num_units = 4096});
-//   if (!arena.ok()) return arena.status();
-//   std::byte* page7 = (*arena)->UnitAddress(7);
+//   auto arena = rpa::memory::Arena::Create({.unit_bytes = 64 << 10, .num_units
+//   = 4096}); if (!arena.ok()) return arena.status(); std::byte* page7 =
+//   (*arena)->UnitAddress(7);
 
 #include <cstddef>
 #include <cstdint>
@@ -59,9 +59,10 @@ struct ArenaOptions {
 };
 
 struct ArenaStats {
-  std::size_t region_bytes = 0;         // num_units * unit_bytes
-  std::size_t reserved_bytes = 0;       // virtual memory of the mimalloc arena (region,
-                                        // segment headers, metadata segments)
+  std::size_t region_bytes = 0;  // num_units * unit_bytes
+  std::size_t reserved_bytes =
+      0;  // virtual memory of the mimalloc arena (region,
+          // segment headers, metadata segments)
   std::size_t metadata_budget_bytes = 0;
   std::size_t metadata_used_bytes = 0;  // live metadata allocations
 };

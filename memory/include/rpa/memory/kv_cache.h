@@ -33,7 +33,8 @@
 // Example:
 //   auto cache = KvCache::Create({.num_pages = 1024, .page_size_tokens = 16,
 //                                 .num_kv_heads = 8, .head_dim = 128,
-//                                 .storage = StorageType::kBf16, .num_layers = 32});
+//                                 .storage = StorageType::kBf16, .num_layers =
+//                                 32});
 //   RPA_ASSIGN_OR_RETURN(SequenceId seq, (*cache)->CreateSequence());
 //   RPA_RETURN_IF_ERROR((*cache)->Reserve(seq, prompt_len));  // then write K/V
 //   BatchPageTable table;
@@ -82,15 +83,18 @@ struct KvLayerView {
   std::size_t page_bytes = 0;   // page_size_tokens * token_bytes
 
   std::byte* SlotAddress(PageId page, std::uint32_t slot) const {
-    return data + (static_cast<std::size_t>(PageIndex(page)) * page_size_tokens + slot) *
-                      token_bytes;
+    return data +
+           (static_cast<std::size_t>(PageIndex(page)) * page_size_tokens +
+            slot) *
+               token_bytes;
   }
 };
 
 // The page-table inputs of SPEC section 1 for a batch of sequences.
 struct BatchPageTable {
-  std::vector<std::int32_t> kv_lens;       // [S]
-  std::vector<std::int32_t> page_indices;  // [S * pages_per_sequence]; unused entries are 0
+  std::vector<std::int32_t> kv_lens;  // [S]
+  std::vector<std::int32_t>
+      page_indices;  // [S * pages_per_sequence]; unused entries are 0
   std::uint32_t pages_per_sequence = 0;
 };
 
@@ -106,8 +110,8 @@ struct KvCacheStats {
 
 class KvCache {
  public:
-  // InvalidArgument names the bad field (zero sizes, overflow); ResourceExhausted
-  // or Unavailable come from the Arena.
+  // InvalidArgument names the bad field (zero sizes, overflow);
+  // ResourceExhausted or Unavailable come from the Arena.
   static StatusOr<std::unique_ptr<KvCache>> Create(const KvCacheConfig& config);
 
   ~KvCache();
@@ -118,8 +122,8 @@ class KvCache {
   StatusOr<SequenceId> CreateSequence();
 
   // A new sequence sharing all of `parent`'s pages and its length. NotFound for
-  // a bad parent; ResourceExhausted at max_sequences or when the metadata budget
-  // cannot hold the copied page table.
+  // a bad parent; ResourceExhausted at max_sequences or when the metadata
+  // budget cannot hold the copied page table.
   StatusOr<SequenceId> Fork(SequenceId parent);
 
   // Makes room for num_tokens more tokens: length += num_tokens. Allocates the
@@ -143,7 +147,8 @@ class KvCache {
   // among `seqs` (at least 1); a smaller value than some sequence needs is
   // InvalidArgument, a bad id NotFound, a null out InvalidArgument. *out is
   // untouched on error.
-  Status ExportBatch(std::span<const SequenceId> seqs, std::uint32_t pages_per_sequence,
+  Status ExportBatch(std::span<const SequenceId> seqs,
+                     std::uint32_t pages_per_sequence,
                      BatchPageTable* out) const;
 
   // References held on a page (0 = free); 0 for an out-of-range id.

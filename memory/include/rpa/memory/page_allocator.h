@@ -95,7 +95,8 @@ class PageAllocator {
  public:
   // Fails with InvalidArgument on a bad option (naming it) and with
   // ResourceExhausted if the metadata resource cannot supply the bookkeeping.
-  static StatusOr<std::unique_ptr<PageAllocator>> Create(const PageAllocatorOptions& options);
+  static StatusOr<std::unique_ptr<PageAllocator>> Create(
+      const PageAllocatorOptions& options);
 
   ~PageAllocator();
   PageAllocator(const PageAllocator&) = delete;
@@ -117,7 +118,8 @@ class PageAllocator {
   // or a page that is not currently allocated (double free, never allocated).
   Status Free(PageId page) noexcept;
 
-  // Frees every page, all or nothing: if any id is bad or repeated, none is freed.
+  // Frees every page, all or nothing: if any id is bad or repeated, none is
+  // freed.
   Status FreeN(std::span<const PageId> pages) noexcept;
 
   // True if `page` is currently allocated (a snapshot under concurrency).

@@ -10,7 +10,11 @@ namespace rpa::memory {
 
 enum class PageId : std::uint32_t {};
 
-constexpr std::uint32_t PageIndex(PageId id) { return static_cast<std::uint32_t>(id); }
-constexpr PageId MakePageId(std::uint32_t index) { return static_cast<PageId>(index); }
+constexpr std::uint32_t PageIndex(PageId id) {
+  return static_cast<std::uint32_t>(id);
+}
+constexpr PageId MakePageId(std::uint32_t index) {
+  return static_cast<PageId>(index);
+}
 
 }  // namespace rpa::memory

@@ -6,9 +6,10 @@
 // or on virtual time (ExecutorOptions::clock = ClockKind::kVirtual), where time
 // starts at TimePoint{} (zero) and jumps to the next timer whenever every fiber
 // is blocked. Both use the same types, so simulation code and real code are the
-// same code: `co_await`-free, just this_fiber::SleepFor(duration).
+// same code: just this_fiber::SleepFor(duration).
 //
 // Thread-safety: types only.
+// Memory ordering: none (types only).
 
 #include <chrono>
 

@@ -5,9 +5,11 @@
 //
 //   RPA_HAS_ASAN / RPA_HAS_TSAN   1 when built with that sanitizer.
 //   RPA_SANITIZER_BUILD           1 when any sanitizer is on (ASan, TSan, or
-//                                 RPA_SANITIZE set in CMake, which also covers UBSan).
+//                                 RPA_SANITIZE set in CMake, which also covers
+//                                 UBSan).
 //   RPA_ASAN_POISON(addr, bytes) / RPA_ASAN_UNPOISON(addr, bytes)
-//                                 mark memory unusable / usable for ASan (recycled KV pages).
+//                                 mark memory unusable / usable for ASan
+//                                 (recycled KV pages).
 //   RPA_ASAN_IS_POISONED(addr)    1 if the byte at addr is poisoned (tests).
 //
 // Thread-safety: the annotations write ASan's shadow memory; callers must own
@@ -44,8 +46,10 @@
 
 #if RPA_HAS_ASAN
 #include <sanitizer/asan_interface.h>
-#define RPA_ASAN_POISON(addr, bytes) __asan_poison_memory_region((addr), (bytes))
-#define RPA_ASAN_UNPOISON(addr, bytes) __asan_unpoison_memory_region((addr), (bytes))
+#define RPA_ASAN_POISON(addr, bytes) \
+  __asan_poison_memory_region((addr), (bytes))
+#define RPA_ASAN_UNPOISON(addr, bytes) \
+  __asan_unpoison_memory_region((addr), (bytes))
 #define RPA_ASAN_IS_POISONED(addr) __asan_address_is_poisoned(addr)
 #else
 #define RPA_ASAN_POISON(addr, bytes) ((void)(addr), (void)(bytes))

@@ -4,7 +4,8 @@
 //
 // A Status is a code plus a message that names the offending field and its
 // value ("page_size_tokens must be positive, got 0"). No exception crosses the
-// public API: functions that can fail return [[nodiscard]] Status or StatusOr<T>.
+// public API: functions that can fail return [[nodiscard]] Status or
+// StatusOr<T>.
 //
 // Thread-safety: values; a const Status may be read from any number of threads.
 //
@@ -77,13 +78,16 @@ Status InternalError(std::string message);
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(const Status& status) : status_(status) {  // NOLINT: implicit by design
-    RPA_CHECK_MSG(!status_.ok(), "StatusOr constructed from an OK status without a value");
+  StatusOr(const Status& status)
+      : status_(status) {  // NOLINT: implicit by design
+    RPA_CHECK_MSG(!status_.ok(),
+                  "StatusOr constructed from an OK status without a value");
   }
   StatusOr(Status&& status) : status_(std::move(status)) {  // NOLINT
-    RPA_CHECK_MSG(!status_.ok(), "StatusOr constructed from an OK status without a value");
+    RPA_CHECK_MSG(!status_.ok(),
+                  "StatusOr constructed from an OK status without a value");
   }
-  StatusOr(const T& value) : value_(value) {}  // NOLINT
+  StatusOr(const T& value) : value_(value) {}        // NOLINT
   StatusOr(T&& value) : value_(std::move(value)) {}  // NOLINT
 
   bool ok() const { return status_.ok(); }
@@ -119,9 +123,9 @@ class [[nodiscard]] StatusOr {
 }  // namespace rpa
 
 // Returns early from the enclosing function if `expr` (a Status) is not OK.
-#define RPA_RETURN_IF_ERROR(expr)                \
-  do {                                           \
-    ::rpa::Status rpa_status_tmp_ = (expr);      \
+#define RPA_RETURN_IF_ERROR(expr)                      \
+  do {                                                 \
+    ::rpa::Status rpa_status_tmp_ = (expr);            \
     if (!rpa_status_tmp_.ok()) return rpa_status_tmp_; \
   } while (false)
 
@@ -130,8 +134,9 @@ class [[nodiscard]] StatusOr {
 
 // `RPA_ASSIGN_OR_RETURN(auto x, MakeX());` declares x from a StatusOr, or
 // returns its error.
-#define RPA_ASSIGN_OR_RETURN(lhs, expr) \
-  RPA_ASSIGN_OR_RETURN_IMPL_(RPA_STATUS_CONCAT_(rpa_statusor_, __LINE__), lhs, expr)
+#define RPA_ASSIGN_OR_RETURN(lhs, expr)                                        \
+  RPA_ASSIGN_OR_RETURN_IMPL_(RPA_STATUS_CONCAT_(rpa_statusor_, __LINE__), lhs, \
+                             expr)
 #define RPA_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                               \
   if (!tmp.ok()) return tmp.status();              \
