@@ -41,6 +41,7 @@
 #include "rpa/memory/page_allocator.h"
 #include "rpa/memory/page_id.h"
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/internal/atomic_traits.h"
 #include "rpa/runtime/sanitizers.h"
 #include "rpa/runtime/status.h"
 
@@ -52,45 +53,10 @@ inline constexpr std::uint32_t kNilPage = 0xFFFFFFFFu;
 inline constexpr std::uint32_t kMaxThreadCachePages = 1u << 16;
 inline constexpr std::uint32_t kMaxThreadCaches = 4096;
 
-// A full fence. clang lowers a seq_cst fence to `mfence`, which costs ~20 ns
-// on the AMD EPYC VMs we measured (serializing there); a locked RMW of the
-// stack top is an equally strong barrier for ordinary write-back memory and
-// costs ~2.5 ns (gcc already emits exactly this). ThreadSanitizer builds use
-// it too: TSan does not model fences (gcc rejects atomic_thread_fence under
-// -fsanitize=thread with -Werror=tsan), and nothing here relies on a fence
-// for happens-before, only for store->load ordering between atomics.
-inline void SystemThreadFence(std::memory_order order) noexcept {
-#if defined(__x86_64__)
-  if (order == std::memory_order_seq_cst) {
-    asm volatile("lock orq $0, (%%rsp)" ::: "memory", "cc");
-    return;
-  }
-  // Weaker fences are compiler barriers on x86-64 (TSO).
-  asm volatile("" ::: "memory");
-#else
-#if RPA_HAS_TSAN && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wtsan"
-#endif
-  std::atomic_thread_fence(order);
-#if RPA_HAS_TSAN && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
-}
-
-// The fence hook: an atomic type may define a static ThreadFence (the
-// deterministic test's DeterministicAtomic makes it a scheduling point).
+// The fence hook (AtomicTraits) is the runtime's, shared by every lock-free
+// structure of rpa.
 template <template <typename> class Atom>
-struct AtomicTraits {
-  static void ThreadFence(std::memory_order order) noexcept {
-    if constexpr (requires { Atom<std::uint32_t>::ThreadFence(order); }) {
-      Atom<std::uint32_t>::ThreadFence(order);
-    } else {
-      SystemThreadFence(order);
-    }
-  }
-};
+using AtomicTraits = ::rpa::runtime::internal::AtomicTraits<Atom>;
 
 // Process-wide registry of live pools, so a thread-exit hook never touches a
 // destroyed pool. Ids are unique and never reused, which is also what lets a

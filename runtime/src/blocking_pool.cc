@@ -7,7 +7,8 @@ namespace rpa::runtime::internal {
 
 BlockingPool::BlockingPool(int num_threads) {
   threads_.reserve(static_cast<std::size_t>(num_threads));
-  for (int i = 0; i < num_threads; ++i) threads_.emplace_back([this] { ThreadMain(); });
+  for (int i = 0; i < num_threads; ++i)
+    threads_.emplace_back([this] { ThreadMain(); });
 }
 
 BlockingPool::~BlockingPool() {

@@ -5,7 +5,8 @@ namespace rpa::runtime {
 void Event::Set() {
   internal::SpinLockGuard guard(lock_);
   set_ = true;
-  while (internal::Waiter* waiter = waiters_.PopFront()) internal::Wake(*waiter);
+  while (internal::Waiter* waiter = waiters_.PopFront())
+    internal::Wake(*waiter);
 }
 
 void Event::Reset() {

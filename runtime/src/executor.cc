@@ -6,32 +6,41 @@
 #include <cstdio>
 
 #include "executor_impl.h"
+#include "worker.h"
+
 #include "rpa/runtime/blocking.h"
 #include "rpa/runtime/internal/task.h"
 #include "rpa/runtime/internal/wait_queue.h"
-#include "worker.h"
 
 namespace rpa::runtime {
 
-StatusOr<std::unique_ptr<Executor>> Executor::Create(const ExecutorOptions& options) {
+StatusOr<std::unique_ptr<Executor>> Executor::Create(
+    const ExecutorOptions& options) {
   std::unique_ptr<Executor> executor(new Executor(nullptr));
-  RPA_ASSIGN_OR_RETURN(executor->impl_, internal::ExecutorImpl::Create(options, executor.get()));
+  RPA_ASSIGN_OR_RETURN(executor->impl_,
+                       internal::ExecutorImpl::Create(options, executor.get()));
   return executor;
 }
 
-Executor::Executor(std::unique_ptr<internal::ExecutorImpl> impl) : impl_(std::move(impl)) {}
+Executor::Executor(std::unique_ptr<internal::ExecutorImpl> impl)
+    : impl_(std::move(impl)) {}
 
 Executor::~Executor() {
   if (impl_ == nullptr || impl_->shutdown_done()) return;
   Status status = impl_->Shutdown();
   if (!status.ok()) {
-    std::fprintf(stderr, "rpa::runtime: ~Executor: %s\n", status.ToString().c_str());
+    std::fprintf(stderr, "rpa::runtime: ~Executor: %s\n",
+                 status.ToString().c_str());
   }
 }
 
 void Executor::Submit(internal::TaskBase* task) { impl_->Submit(task); }
-Status Executor::Run() { return impl_->Drive(internal::DriveMode::kRun, nullptr); }
-Status Executor::RunUntilIdle() { return impl_->Drive(internal::DriveMode::kUntilIdle, nullptr); }
+Status Executor::Run() {
+  return impl_->Drive(internal::DriveMode::kRun, nullptr);
+}
+Status Executor::RunUntilIdle() {
+  return impl_->Drive(internal::DriveMode::kUntilIdle, nullptr);
+}
 Status Executor::Shutdown() { return impl_->Shutdown(); }
 TimePoint Executor::Now() const { return impl_->Now(); }
 int Executor::num_workers() const { return impl_->num_workers(); }
@@ -41,7 +50,8 @@ ExecutorStats Executor::Stats() const { return impl_->Stats(); }
 
 Executor* Executor::Current() {
   internal::Worker* worker = internal::Worker::Current();
-  return worker != nullptr && worker->in_fiber() ? worker->executor()->owner() : nullptr;
+  return worker != nullptr && worker->in_fiber() ? worker->executor()->owner()
+                                                 : nullptr;
 }
 
 namespace internal {
@@ -66,7 +76,8 @@ Status JoinTask(TaskBase* task) {
     return OkStatus();
   }
   ExecutorImpl* executor = task->executor;
-  if (worker == nullptr && executor != nullptr && executor->num_workers() == 0) {
+  if (worker == nullptr && executor != nullptr &&
+      executor->num_workers() == 0) {
     // Nobody else runs a num_workers == 0 executor: the joiner drives it.
     RPA_RETURN_IF_ERROR(executor->Drive(DriveMode::kJoin, task));
     if (task->done()) return OkStatus();
@@ -75,7 +86,8 @@ Status JoinTask(TaskBase* task) {
   return OkStatus();
 }
 
-// ---- TaskBase -----------------------------------------------------------------------
+// ---- TaskBase
+// -----------------------------------------------------------------------
 
 void TaskBase::WaitDone() {
   lock_.lock();
@@ -84,7 +96,8 @@ void TaskBase::WaitDone() {
     // The waiters bit tells Complete() to take the lock and wake us; set under
     // the lock, so Complete() finds us queued.
     if ((state & kWaitersBit) != 0 ||
-        state_.compare_exchange_weak(state, state | kWaitersBit, std::memory_order_acq_rel,
+        state_.compare_exchange_weak(state, state | kWaitersBit,
+                                     std::memory_order_acq_rel,
                                      std::memory_order_acquire)) {
       Waiter self;
       Wait(self, waiters_, lock_);
@@ -95,13 +108,15 @@ void TaskBase::WaitDone() {
 }
 
 void TaskBase::Complete() {
-  const std::uint32_t before = state_.exchange(kDone, std::memory_order_acq_rel);
+  const std::uint32_t before =
+      state_.exchange(kDone, std::memory_order_acq_rel);
   if ((before & kWaitersBit) == 0) return;
   SpinLockGuard guard(lock_);
   while (Waiter* waiter = waiters_.PopFront()) Wake(*waiter);
 }
 
-// ---- Wait / Wake ------------------------------------------------------------------------
+// ---- Wait / Wake
+// ------------------------------------------------------------------------
 
 void Wait(Waiter& w, WaitQueue& queue, SpinLock& lock) {
   queue.PushBack(&w);

@@ -22,12 +22,15 @@ Status Validate(const ExecutorOptions& o) {
                                 std::to_string(o.stack_bytes));
   }
   if (o.clock == ClockKind::kVirtual && o.num_workers != 0) {
-    return InvalidArgumentError("clock kVirtual requires num_workers == 0, got " +
-                                std::to_string(o.num_workers));
+    return InvalidArgumentError(
+        "clock kVirtual requires num_workers == 0, got " +
+        std::to_string(o.num_workers));
   }
-  if (!IsPowerOfTwo(o.ring_entries) || o.ring_entries < 4 || o.ring_entries > 32768) {
-    return InvalidArgumentError("ring_entries must be a power of two in [4, 32768], got " +
-                                std::to_string(o.ring_entries));
+  if (!IsPowerOfTwo(o.ring_entries) || o.ring_entries < 4 ||
+      o.ring_entries > 32768) {
+    return InvalidArgumentError(
+        "ring_entries must be a power of two in [4, 32768], got " +
+        std::to_string(o.ring_entries));
   }
   if (o.blocking_threads < 0 || o.blocking_threads > 64) {
     return InvalidArgumentError("blocking_threads must be in [0, 64], got " +
@@ -49,21 +52,26 @@ StatusOr<IoBackend> ChooseBackend(const ExecutorOptions& o) {
   if (o.io_backend == IoBackend::kIoUring) return probe;
   static std::once_flag said_once;
   std::call_once(said_once, [&] {
-    std::fprintf(stderr,
-                 "rpa::runtime: io_uring is unavailable (%s); using the thread-based "
-                 "fallback (condition variables, timer heap, blocking-pool file I/O)\n",
-                 probe.message().c_str());
+    std::fprintf(
+        stderr,
+        "rpa::runtime: io_uring is unavailable (%s); using the thread-based "
+        "fallback (condition variables, timer heap, blocking-pool file I/O)\n",
+        probe.message().c_str());
   });
   return IoBackend::kThreads;
 }
 
 }  // namespace
 
-ExecutorImpl::ExecutorImpl(const ExecutorOptions& options, Executor* owner, IoBackend backend)
-    : options_(options), owner_(owner), backend_(backend), stacks_(options.stack_bytes) {}
+ExecutorImpl::ExecutorImpl(const ExecutorOptions& options, Executor* owner,
+                           IoBackend backend)
+    : options_(options),
+      owner_(owner),
+      backend_(backend),
+      stacks_(options.stack_bytes) {}
 
-StatusOr<std::unique_ptr<ExecutorImpl>> ExecutorImpl::Create(const ExecutorOptions& options,
-                                                             Executor* owner) {
+StatusOr<std::unique_ptr<ExecutorImpl>> ExecutorImpl::Create(
+    const ExecutorOptions& options, Executor* owner) {
   RPA_RETURN_IF_ERROR(Validate(options));
   RPA_ASSIGN_OR_RETURN(IoBackend backend, ChooseBackend(options));
   std::unique_ptr<ExecutorImpl> impl(new ExecutorImpl(options, owner, backend));
@@ -76,7 +84,8 @@ StatusOr<std::unique_ptr<ExecutorImpl>> ExecutorImpl::Create(const ExecutorOptio
   if (backend == IoBackend::kThreads && options.clock == ClockKind::kReal) {
     pool_threads = std::max(pool_threads, 1);  // file I/O needs it
   }
-  if (pool_threads > 0) impl->blocking_ = std::make_unique<BlockingPool>(pool_threads);
+  if (pool_threads > 0)
+    impl->blocking_ = std::make_unique<BlockingPool>(pool_threads);
   for (int i = 0; i < options.num_workers; ++i) {
     Worker* worker = impl->workers_[static_cast<std::size_t>(i)].get();
     impl->threads_.emplace_back([worker] { worker->ThreadMain(); });
@@ -90,7 +99,8 @@ ExecutorImpl::~ExecutorImpl() {
   workers_.clear();
 }
 
-// ---- submission ------------------------------------------------------------------
+// ---- submission
+// ------------------------------------------------------------------
 
 void ExecutorImpl::RejectTask(TaskBase* task, const char* why) {
   RPA_CHECK(task->TryClaim());
@@ -114,7 +124,8 @@ void ExecutorImpl::Submit(TaskBase* task) {
   submitters_.fetch_add(1, std::memory_order_seq_cst);
   if (shutting_down_.load(std::memory_order_seq_cst)) {
     submitters_.fetch_sub(1, std::memory_order_seq_cst);
-    foreign_spawned_.fetch_add(1, std::memory_order_release);  // counted, then failed
+    foreign_spawned_.fetch_add(
+        1, std::memory_order_release);  // counted, then failed
     RejectTask(task, "the executor is shut down; the task did not run");
     return;
   }
@@ -146,7 +157,8 @@ std::uint64_t ExecutorImpl::LiveTasks() const {
   return spawned >= completed ? spawned - completed : 0;
 }
 
-// ---- the wake-up protocol ----------------------------------------------------------
+// ---- the wake-up protocol
+// ----------------------------------------------------------
 
 bool ExecutorImpl::TryStartSpinning() {
   // At most half the workers search at once (at least one): more would only
@@ -161,7 +173,8 @@ void ExecutorImpl::StopSpinning(bool found_work) {
   const int before = num_spinning_.fetch_sub(1, std::memory_order_seq_cst);
   // The last searcher that found work hands the search on, in case there is
   // more (the spawner skipped waking anyone because we were spinning).
-  if (found_work && before == 1 && (AnyQueueNonEmpty() || !inject_empty())) NotifyOne();
+  if (found_work && before == 1 && (AnyQueueNonEmpty() || !inject_empty()))
+    NotifyOne();
 }
 
 void ExecutorImpl::NotifyOne() {
@@ -222,22 +235,26 @@ bool ExecutorImpl::AllQuiescent() const {
   return true;
 }
 
-// ---- running and stopping -------------------------------------------------------------
+// ---- running and stopping
+// -------------------------------------------------------------
 
 Status ExecutorImpl::Drive(DriveMode mode, TaskBase* until) {
   if (num_workers() != 0) {
-    return FailedPreconditionError("Run/RunUntilIdle need num_workers == 0, got " +
-                                   std::to_string(num_workers()));
+    return FailedPreconditionError(
+        "Run/RunUntilIdle need num_workers == 0, got " +
+        std::to_string(num_workers()));
   }
   if (Worker::Current() != nullptr) {
-    return FailedPreconditionError("Run/RunUntilIdle called from inside a fiber");
+    return FailedPreconditionError(
+        "Run/RunUntilIdle called from inside a fiber");
   }
   if (driving_.exchange(true, std::memory_order_acquire)) {
     if (until != nullptr) {  // a Join from a second thread: wait for the driver
       until->WaitDone();
       return OkStatus();
     }
-    return FailedPreconditionError("the executor is already being run by another thread");
+    return FailedPreconditionError(
+        "the executor is already being run by another thread");
   }
   Status status = workers_[0]->Drive(mode, until);
   driving_.store(false, std::memory_order_release);
@@ -246,12 +263,14 @@ Status ExecutorImpl::Drive(DriveMode mode, TaskBase* until) {
 
 Status ExecutorImpl::Shutdown() {
   if (Worker::Current() != nullptr && Worker::Current()->executor() == this) {
-    return FailedPreconditionError("Shutdown() called from a fiber of the executor");
+    return FailedPreconditionError(
+        "Shutdown() called from a fiber of the executor");
   }
   std::lock_guard<std::mutex> once(shutdown_mu_);
   if (shutdown_done_) return shutdown_status_;
   shutting_down_.store(true, std::memory_order_seq_cst);
-  while (submitters_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  while (submitters_.load(std::memory_order_seq_cst) != 0)
+    std::this_thread::yield();
 
   if (num_workers() == 0) {
     Status status = Drive(DriveMode::kShutdown, nullptr);
@@ -285,7 +304,8 @@ Status ExecutorImpl::Shutdown() {
   for (const auto& worker : workers_) {
     while (TaskBase* task = worker->TakeLeftoverTask()) {
       if (task->TryClaim()) {
-        task->FailClaimed(FailedPreconditionError("the executor shut down before the task ran"));
+        task->FailClaimed(FailedPreconditionError(
+            "the executor shut down before the task ran"));
         failed_.fetch_add(1, std::memory_order_relaxed);
         ++never_ran;
       }
@@ -299,9 +319,10 @@ Status ExecutorImpl::Shutdown() {
 
   shutdown_done_ = true;
   if (blocked != 0 || never_ran != 0) {
-    shutdown_status_ = FailedPreconditionError(
-        "shutdown: " + std::to_string(blocked) + " tasks never finished (blocked), " +
-        std::to_string(never_ran) + " never ran");
+    shutdown_status_ =
+        FailedPreconditionError("shutdown: " + std::to_string(blocked) +
+                                " tasks never finished (blocked), " +
+                                std::to_string(never_ran) + " never ran");
   }
   return shutdown_status_;
 }

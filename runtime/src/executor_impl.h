@@ -12,16 +12,17 @@
 
 #include "blocking_pool.h"
 #include "fiber.h"
-#include "rpa/runtime/executor.h"
 #include "work_queue.h"
 #include "worker.h"
+
+#include "rpa/runtime/executor.h"
 
 namespace rpa::runtime::internal {
 
 class ExecutorImpl {
  public:
-  static StatusOr<std::unique_ptr<ExecutorImpl>> Create(const ExecutorOptions& options,
-                                                        Executor* owner);
+  static StatusOr<std::unique_ptr<ExecutorImpl>> Create(
+      const ExecutorOptions& options, Executor* owner);
   ~ExecutorImpl();
 
   void Submit(TaskBase* task);
@@ -39,7 +40,9 @@ class ExecutorImpl {
   int num_workers() const { return options_.num_workers; }
   IoBackend io_backend() const { return backend_; }
   bool virtual_time() const { return options_.clock == ClockKind::kVirtual; }
-  Worker* worker(int i) const { return workers_[static_cast<std::size_t>(i)].get(); }
+  Worker* worker(int i) const {
+    return workers_[static_cast<std::size_t>(i)].get();
+  }
   int num_worker_objects() const { return static_cast<int>(workers_.size()); }
   StackPool& stacks() { return stacks_; }
   BlockingPool* blocking_pool() const { return blocking_.get(); }
@@ -62,7 +65,8 @@ class ExecutorImpl {
   void NotifyCoordinator();
 
  private:
-  ExecutorImpl(const ExecutorOptions& options, Executor* owner, IoBackend backend);
+  ExecutorImpl(const ExecutorOptions& options, Executor* owner,
+               IoBackend backend);
   void RejectTask(TaskBase* task, const char* why);
   bool AllQuiescent() const;
   void WakeAll();

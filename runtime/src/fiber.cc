@@ -3,14 +3,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <boost/context/detail/fcontext.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 
+#include <boost/context/detail/fcontext.hpp>
+
 #include "rpa/runtime/check.h"
 #include "rpa/runtime/sanitizers.h"
-
 
 namespace rpa::runtime::internal {
 namespace {
@@ -20,11 +20,14 @@ namespace ctx = boost::context::detail;
 std::atomic<std::int64_t> g_live_stacks{0};
 
 std::size_t PageBytes() {
-  static const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  static const std::size_t page =
+      static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   return page;
 }
 
-std::size_t RoundUp(std::size_t bytes, std::size_t to) { return (bytes + to - 1) / to * to; }
+std::size_t RoundUp(std::size_t bytes, std::size_t to) {
+  return (bytes + to - 1) / to * to;
+}
 
 void TrampolineAdapter(ctx::transfer_t transfer) {
   Fiber::Trampoline(transfer.fctx, transfer.data);
@@ -32,14 +35,16 @@ void TrampolineAdapter(ctx::transfer_t transfer) {
 
 }  // namespace
 
-// ---- StackPool ---------------------------------------------------------------
+// ---- StackPool
+// ---------------------------------------------------------------
 
 StackPool::StackPool(std::size_t stack_bytes)
     : stack_bytes_(RoundUp(stack_bytes, PageBytes())) {}
 
 StackPool::~StackPool() {
   std::lock_guard<std::mutex> lock(mu_);
-  RPA_CHECK_MSG(free_.size() == mapped_, "StackPool destroyed while stacks are in use");
+  RPA_CHECK_MSG(free_.size() == mapped_,
+                "StackPool destroyed while stacks are in use");
   for (const Stack& stack : free_) {
     RPA_ASAN_UNPOISON(stack.mapping, stack.mapping_bytes);
     ::munmap(stack.mapping, stack.mapping_bytes);
@@ -60,11 +65,14 @@ Stack StackPool::Allocate() {
   Stack stack;
   stack.guard_bytes = RoundUp(kGuardBytes, PageBytes());
   stack.mapping_bytes = stack.guard_bytes + stack_bytes_;
-  // MAP_NORESERVE: only touched pages cost memory, so generous stacks are cheap.
-  void* mapping = ::mmap(nullptr, stack.mapping_bytes, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  // MAP_NORESERVE: only touched pages cost memory, so generous stacks are
+  // cheap.
+  void* mapping =
+      ::mmap(nullptr, stack.mapping_bytes, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
   if (mapping == MAP_FAILED) {
-    std::fprintf(stderr, "rpa::runtime: mmap of a %zu-byte fiber stack failed: %s\n",
+    std::fprintf(stderr,
+                 "rpa::runtime: mmap of a %zu-byte fiber stack failed: %s\n",
                  stack.mapping_bytes, std::strerror(errno));
     RPA_CHECK_MSG(false, "out of memory for fiber stacks");
   }
@@ -88,9 +96,12 @@ std::size_t StackPool::mapped() const {
   return mapped_;
 }
 
-std::int64_t StackPool::LiveStacks() { return g_live_stacks.load(std::memory_order_relaxed); }
+std::int64_t StackPool::LiveStacks() {
+  return g_live_stacks.load(std::memory_order_relaxed);
+}
 
-// ---- Fiber ---------------------------------------------------------------------
+// ---- Fiber
+// ---------------------------------------------------------------------
 
 Fiber::Fiber() : state(State::kThread) {
 #if RPA_HAS_TSAN
@@ -102,7 +113,8 @@ Fiber::Fiber() : state(State::kThread) {
 
 Fiber::Fiber(StackPool* pool, void (*entry)(void*), void* arg)
     : pool_(pool), stack_(pool->Allocate()), entry_(entry), arg_(arg) {
-  context_ = ctx::make_fcontext(stack_.top(), stack_.usable_bytes(), &TrampolineAdapter);
+  context_ = ctx::make_fcontext(stack_.top(), stack_.usable_bytes(),
+                                &TrampolineAdapter);
   asan_stack_bottom_ = stack_.bottom();
   asan_stack_bytes_ = stack_.usable_bytes();
 #if RPA_HAS_TSAN

@@ -26,12 +26,13 @@
 // thread-safe (a mutex; stacks are taken only when a task suspends and no
 // pooled fiber is free, i.e. rarely).
 
-#include <boost/context/detail/fcontext.hpp>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <vector>
+
+#include <boost/context/detail/fcontext.hpp>
 
 #include "rpa/runtime/check.h"
 #include "rpa/runtime/internal/wait_queue.h"
@@ -118,8 +119,10 @@ class Fiber {
 #if RPA_HAS_TSAN
     __tsan_switch_to_fiber(to->tsan_fiber_, 0);
 #endif
-    boost::context::detail::transfer_t back = boost::context::detail::jump_fcontext(
-        static_cast<boost::context::detail::fcontext_t>(to->context_), &record);
+    boost::context::detail::transfer_t back =
+        boost::context::detail::jump_fcontext(
+            static_cast<boost::context::detail::fcontext_t>(to->context_),
+            &record);
     FinishSwitch(back.fctx, back.data);
   }
 
@@ -129,12 +132,12 @@ class Fiber {
   static void Trampoline(void* transfer_fctx, void* transfer_data);
 
   // Bookkeeping owned by the worker.
-  Fiber* next = nullptr;           // ready list, idle list, or inbox link
-  Fiber* all_next = nullptr;       // the worker's list of all its fibers
+  Fiber* next = nullptr;      // ready list, idle list, or inbox link
+  Fiber* all_next = nullptr;  // the worker's list of all its fibers
   Fiber* all_prev = nullptr;
   Worker* worker = nullptr;
-  TaskBase* task = nullptr;        // the task it runs, if any
-  Waiter* waiter = nullptr;        // what it is blocked on, if in a WaitQueue
+  TaskBase* task = nullptr;  // the task it runs, if any
+  Waiter* waiter = nullptr;  // what it is blocked on, if in a WaitQueue
   State state = State::kIdle;
 
  private:
@@ -150,16 +153,18 @@ class Fiber {
 #if RPA_HAS_ASAN
     const void* from_bottom = nullptr;
     std::size_t from_bytes = 0;
-    __sanitizer_finish_switch_fiber(record->to->asan_fake_stack_, &from_bottom, &from_bytes);
+    __sanitizer_finish_switch_fiber(record->to->asan_fake_stack_, &from_bottom,
+                                    &from_bytes);
     // A thread's own stack: learn its bounds the first time we leave it.
-    if (record->from->is_thread_context() && record->from->asan_stack_bytes_ == 0) {
+    if (record->from->is_thread_context() &&
+        record->from->asan_stack_bytes_ == 0) {
       record->from->asan_stack_bottom_ = from_bottom;
       record->from->asan_stack_bytes_ = from_bytes;
     }
 #endif
   }
 
-  void* context_ = nullptr;        // saved fcontext_t while not running
+  void* context_ = nullptr;  // saved fcontext_t while not running
   StackPool* pool_ = nullptr;
   Stack stack_;
   void (*entry_)(void*) = nullptr;

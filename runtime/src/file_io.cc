@@ -8,8 +8,9 @@
 #include <string>
 
 #include "executor_impl.h"
-#include "rpa/runtime/blocking.h"
 #include "worker.h"
+
+#include "rpa/runtime/blocking.h"
 
 namespace rpa::runtime {
 namespace {
@@ -23,7 +24,8 @@ StatusOr<std::size_t> ToResult(std::int64_t result, const char* op, int fd,
   if (result >= 0) return static_cast<std::size_t>(result);
   const int error = static_cast<int>(-result);
   std::string message = std::string(op) + "(fd=" + std::to_string(fd) +
-                        ", offset=" + std::to_string(offset) + "): " + std::strerror(error);
+                        ", offset=" + std::to_string(offset) +
+                        "): " + std::strerror(error);
   switch (error) {
     case EBADF:
     case EINVAL:
@@ -40,10 +42,12 @@ StatusOr<std::size_t> ToResult(std::int64_t result, const char* op, int fd,
   }
 }
 
-std::int64_t PlainIo(bool write, int fd, void* buffer, std::size_t bytes, std::uint64_t offset) {
+std::int64_t PlainIo(bool write, int fd, void* buffer, std::size_t bytes,
+                     std::uint64_t offset) {
   for (;;) {
-    const ssize_t n = write ? ::pwrite(fd, buffer, bytes, static_cast<off_t>(offset))
-                            : ::pread(fd, buffer, bytes, static_cast<off_t>(offset));
+    const ssize_t n =
+        write ? ::pwrite(fd, buffer, bytes, static_cast<off_t>(offset))
+              : ::pread(fd, buffer, bytes, static_cast<off_t>(offset));
     if (n >= 0) return n;
     if (errno != EINTR) return -errno;
   }
@@ -54,10 +58,12 @@ StatusOr<std::size_t> DoIo(bool write, int fd, void* buffer, std::size_t bytes,
   const char* op = write ? "WriteAt" : "ReadAt";
   bytes = std::min(bytes, kMaxBytesPerCall);
   internal::Worker* worker = internal::Worker::Current();
-  if (worker != nullptr && worker->in_fiber() && !worker->executor()->virtual_time()) {
+  if (worker != nullptr && worker->in_fiber() &&
+      !worker->executor()->virtual_time()) {
     if (worker->reactor()->supports_file_io()) {
       internal::ReactorOp request;
-      request.kind = write ? internal::ReactorOp::Kind::kWrite : internal::ReactorOp::Kind::kRead;
+      request.kind = write ? internal::ReactorOp::Kind::kWrite
+                           : internal::ReactorOp::Kind::kRead;
       request.fd = fd;
       request.buffer = buffer;
       request.bytes = static_cast<std::uint32_t>(bytes);
@@ -65,21 +71,25 @@ StatusOr<std::size_t> DoIo(bool write, int fd, void* buffer, std::size_t bytes,
       return ToResult(worker->RunIo(&request), op, fd, offset);
     }
     // The kThreads backend: the blocking pool does the syscall.
-    return ToResult(RunBlocking([&] { return PlainIo(write, fd, buffer, bytes, offset); }), op, fd,
-                    offset);
+    return ToResult(
+        RunBlocking([&] { return PlainIo(write, fd, buffer, bytes, offset); }),
+        op, fd, offset);
   }
   return ToResult(PlainIo(write, fd, buffer, bytes, offset), op, fd, offset);
 }
 
 }  // namespace
 
-StatusOr<std::size_t> ReadAt(int fd, std::span<std::byte> buffer, std::uint64_t offset) {
+StatusOr<std::size_t> ReadAt(int fd, std::span<std::byte> buffer,
+                             std::uint64_t offset) {
   return DoIo(/*write=*/false, fd, buffer.data(), buffer.size(), offset);
 }
 
-StatusOr<std::size_t> WriteAt(int fd, std::span<const std::byte> buffer, std::uint64_t offset) {
+StatusOr<std::size_t> WriteAt(int fd, std::span<const std::byte> buffer,
+                              std::uint64_t offset) {
   // pwrite takes a const buffer; the request struct is shared with reads.
-  return DoIo(/*write=*/true, fd, const_cast<std::byte*>(buffer.data()), buffer.size(), offset);
+  return DoIo(/*write=*/true, fd, const_cast<std::byte*>(buffer.data()),
+              buffer.size(), offset);
 }
 
 }  // namespace rpa::runtime

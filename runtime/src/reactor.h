@@ -41,13 +41,14 @@ struct ReactorOp {
   enum class Kind : std::uint8_t { kTimer, kRead, kWrite };
   Kind kind = Kind::kTimer;
   Fiber* fiber = nullptr;
-  TimePoint deadline{};          // kTimer
-  int fd = -1;                   // kRead / kWrite
+  TimePoint deadline{};  // kTimer
+  int fd = -1;           // kRead / kWrite
   void* buffer = nullptr;
   std::uint32_t bytes = 0;
   std::uint64_t offset = 0;
-  alignas(8) unsigned char kernel_timespec[16] = {};  // read by the kernel at submission
-  std::int32_t result = 0;       // CQE res: bytes or -errno
+  alignas(8) unsigned char kernel_timespec[16] =
+      {};                   // read by the kernel at submission
+  std::int32_t result = 0;  // CQE res: bytes or -errno
 };
 
 class Reactor {
@@ -76,8 +77,10 @@ class Reactor {
 };
 
 // io_uring, or Unavailable (the kernel or a seccomp sandbox forbids it).
-StatusOr<std::unique_ptr<Reactor>> CreateUringReactor(Worker* worker, std::uint32_t entries);
-std::unique_ptr<Reactor> CreateTimerHeapReactor(Worker* worker, bool virtual_time);
+StatusOr<std::unique_ptr<Reactor>> CreateUringReactor(Worker* worker,
+                                                      std::uint32_t entries);
+std::unique_ptr<Reactor> CreateTimerHeapReactor(Worker* worker,
+                                                bool virtual_time);
 
 // Whether io_uring works here (creates and destroys a tiny ring once).
 Status ProbeIoUring();

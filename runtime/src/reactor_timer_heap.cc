@@ -7,8 +7,9 @@
 #include <vector>
 
 #include "reactor.h"
-#include "rpa/runtime/check.h"
 #include "worker.h"
+
+#include "rpa/runtime/check.h"
 
 namespace rpa::runtime::internal {
 namespace {
@@ -24,12 +25,15 @@ class TimerHeapReactor final : public Reactor {
   }
 
   bool TryAdd(ReactorOp* op) override {
-    RPA_CHECK_MSG(op->kind == ReactorOp::Kind::kTimer, "file I/O goes to the blocking pool");
+    RPA_CHECK_MSG(op->kind == ReactorOp::Kind::kTimer,
+                  "file I/O goes to the blocking pool");
     heap_.push_back({op->deadline, next_sequence_++, op});
     std::push_heap(heap_.begin(), heap_.end(), Later);
     return true;
   }
-  void WaitForSlot(Fiber*) override { RPA_CHECK_MSG(false, "a timer heap is never full"); }
+  void WaitForSlot(Fiber*) override {
+    RPA_CHECK_MSG(false, "a timer heap is never full");
+  }
   bool supports_file_io() const override { return false; }
 
   // Fires every timer whose deadline has passed, earliest first; equal
@@ -84,7 +88,8 @@ class TimerHeapReactor final : public Reactor {
     ReactorOp* op;
   };
   static bool Later(const Timer& a, const Timer& b) {
-    return a.deadline != b.deadline ? a.deadline > b.deadline : a.sequence > b.sequence;
+    return a.deadline != b.deadline ? a.deadline > b.deadline
+                                    : a.sequence > b.sequence;
   }
 
   Worker* const worker_;
@@ -99,7 +104,8 @@ class TimerHeapReactor final : public Reactor {
 
 }  // namespace
 
-std::unique_ptr<Reactor> CreateTimerHeapReactor(Worker* worker, bool virtual_time) {
+std::unique_ptr<Reactor> CreateTimerHeapReactor(Worker* worker,
+                                                bool virtual_time) {
   return std::make_unique<TimerHeapReactor>(worker, virtual_time);
 }
 

@@ -11,8 +11,9 @@
 
 #include "fiber.h"
 #include "reactor.h"
-#include "rpa/runtime/check.h"
 #include "worker.h"
+
+#include "rpa/runtime/check.h"
 
 namespace rpa::runtime::internal {
 namespace {
@@ -22,7 +23,8 @@ namespace {
 constexpr unsigned kSubmitBatch = 32;
 
 Status RingError(const char* what, int negative_errno) {
-  return UnavailableError(std::string(what) + ": " + std::strerror(-negative_errno));
+  return UnavailableError(std::string(what) + ": " +
+                          std::strerror(-negative_errno));
 }
 
 class UringReactor final : public Reactor {
@@ -172,7 +174,8 @@ class UringReactor final : public Reactor {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Reactor>> CreateUringReactor(Worker* worker, std::uint32_t entries) {
+StatusOr<std::unique_ptr<Reactor>> CreateUringReactor(Worker* worker,
+                                                      std::uint32_t entries) {
   auto reactor = std::make_unique<UringReactor>(worker);
   RPA_RETURN_IF_ERROR(reactor->Init(entries));
   return std::unique_ptr<Reactor>(std::move(reactor));

@@ -13,7 +13,8 @@ void WaitGroup::Done() {
   internal::SpinLockGuard guard(lock_);
   RPA_CHECK_MSG(count_ > 0, "WaitGroup::Done() called more often than Add()");
   if (--count_ == 0) {
-    while (internal::Waiter* waiter = waiters_.PopFront()) internal::Wake(*waiter);
+    while (internal::Waiter* waiter = waiters_.PopFront())
+      internal::Wake(*waiter);
   }
 }
 

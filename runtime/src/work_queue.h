@@ -24,16 +24,17 @@
 // arrays are kept until the queue dies (thieves may still read them); they
 // total less than the live array.
 //
-// Thread-safety: Push by the owner only; Take and the size hint from any thread.
-// Memory ordering: Push's item is visible to the Take that returns it (slot
-// write -> release store of bottom -> acquire load of bottom -> slot read).
+// Thread-safety: Push by the owner only; Take and the size hint from any
+// thread. Memory ordering: Push's item is visible to the Take that returns it
+// (slot write -> release store of bottom -> acquire load of bottom -> slot
+// read).
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
-#include "atomic_traits.h"
+#include "rpa/runtime/internal/atomic_traits.h"
 
 namespace rpa::runtime::internal {
 
@@ -56,7 +57,8 @@ class WorkQueue {
     const std::int64_t b = bottom_.load(std::memory_order_relaxed);
     const std::int64_t t = top_.load(std::memory_order_acquire);
     Array* array = array_.load(std::memory_order_relaxed);
-    if (b - t >= static_cast<std::int64_t>(array->capacity) - 1) array = Grow(array, t, b);
+    if (b - t >= static_cast<std::int64_t>(array->capacity) - 1)
+      array = Grow(array, t, b);
     array->Put(b, item);
     bottom_.store(b + 1, std::memory_order_release);
   }
@@ -87,12 +89,15 @@ class WorkQueue {
 
  private:
   struct Array {
-    explicit Array(std::size_t cap) : capacity(cap), mask(cap - 1), slots(new Atom<T>[cap]) {}
+    explicit Array(std::size_t cap)
+        : capacity(cap), mask(cap - 1), slots(new Atom<T>[cap]) {}
     T Get(std::int64_t i) const {
-      return slots[static_cast<std::size_t>(i) & mask].load(std::memory_order_relaxed);
+      return slots[static_cast<std::size_t>(i) & mask].load(
+          std::memory_order_relaxed);
     }
     void Put(std::int64_t i, T item) {
-      slots[static_cast<std::size_t>(i) & mask].store(item, std::memory_order_relaxed);
+      slots[static_cast<std::size_t>(i) & mask].store(
+          item, std::memory_order_relaxed);
     }
     const std::size_t capacity;
     const std::size_t mask;
@@ -147,7 +152,9 @@ class IntrusiveStack {
     }
     return fifo;
   }
-  bool empty() const { return head_.load(std::memory_order_seq_cst) == nullptr; }
+  bool empty() const {
+    return head_.load(std::memory_order_seq_cst) == nullptr;
+  }
 
  private:
   Atom<Node*> head_{nullptr};

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "executor_impl.h"
+
 #include "rpa/runtime/check.h"
 #include "rpa/runtime/this_fiber.h"
 
@@ -12,25 +13,29 @@ namespace rpa::runtime::internal {
 Worker::Worker(ExecutorImpl* executor, int index)
     : executor_(executor),
       index_(index),
-      rng_(std::uint64_t{0x9e3779b97f4a7c15} * static_cast<std::uint64_t>(index + 1)) {}
+      rng_(std::uint64_t{0x9e3779b97f4a7c15} *
+           static_cast<std::uint64_t>(index + 1)) {}
 
 Worker::~Worker() {
   while (Fiber* fiber = idle_.PopFront()) DestroyFiber(fiber);
-  RPA_CHECK_MSG(all_fibers_ == nullptr, "a worker was destroyed with fibers still blocked");
+  RPA_CHECK_MSG(all_fibers_ == nullptr,
+                "a worker was destroyed with fibers still blocked");
 }
 
 Status Worker::Init() {
   if (executor_->virtual_time()) {
     reactor_ = CreateTimerHeapReactor(this, /*virtual_time=*/true);
   } else if (executor_->io_backend() == IoBackend::kIoUring) {
-    RPA_ASSIGN_OR_RETURN(reactor_, CreateUringReactor(this, executor_->options().ring_entries));
+    RPA_ASSIGN_OR_RETURN(
+        reactor_, CreateUringReactor(this, executor_->options().ring_entries));
   } else {
     reactor_ = CreateTimerHeapReactor(this, /*virtual_time=*/false);
   }
   return OkStatus();
 }
 
-// ---- fibers ------------------------------------------------------------------
+// ---- fibers
+// ------------------------------------------------------------------
 
 void Worker::FiberEntry(void* arg) {
   auto* worker = static_cast<Worker*>(arg);
@@ -75,7 +80,8 @@ void Worker::Switch(Fiber* to) {
 void Worker::SwitchAndIdle(Fiber* to) {
   Fiber* self = current_;
   if (num_idle_ >= kMaxIdleFibers) {
-    DestroyFiber(idle_.PopFront());  // keep the pool bounded; idle fibers hold nothing
+    DestroyFiber(
+        idle_.PopFront());  // keep the pool bounded; idle fibers hold nothing
     --num_idle_;
   }
   self->state = Fiber::State::kIdle;
@@ -87,10 +93,12 @@ void Worker::SwitchAndIdle(Fiber* to) {
 void Worker::RunPostSwitch() {
   PostSwitch action = std::exchange(post_switch_, PostSwitch{});
   if (action.unlock != nullptr) action.unlock->unlock();
-  if (action.blocking_job != nullptr) executor_->blocking_pool()->Submit(action.blocking_job);
+  if (action.blocking_job != nullptr)
+    executor_->blocking_pool()->Submit(action.blocking_job);
 }
 
-// ---- the scheduling loop ------------------------------------------------------
+// ---- the scheduling loop
+// ------------------------------------------------------
 
 void Worker::Loop() {
   for (;;) {
@@ -138,8 +146,8 @@ bool Worker::ShouldLeaveLoop() {
 }
 
 bool Worker::HasTaskHint() const {
-  return slot_.load(std::memory_order_relaxed) != nullptr || !queue_.empty_hint() ||
-         !executor_->inject_empty();
+  return slot_.load(std::memory_order_relaxed) != nullptr ||
+         !queue_.empty_hint() || !executor_->inject_empty();
 }
 
 // Ready fibers go first (they hold resources and were waiting), but after
@@ -178,7 +186,8 @@ TaskBase* Worker::NextTask() {
 TaskBase* Worker::TakeFromInjectQueue() {
   TaskBase* batch = executor_->TakeInjected();
   if (batch == nullptr) return nullptr;
-  if (TaskBase* newest = slot_.exchange(nullptr, std::memory_order_acquire)) queue_.Push(newest);
+  if (TaskBase* newest = slot_.exchange(nullptr, std::memory_order_acquire))
+    queue_.Push(newest);
   while (batch != nullptr) {
     TaskBase* next = batch->next;
     batch->next = nullptr;
@@ -250,7 +259,8 @@ bool Worker::DrainInbox() {
   return true;
 }
 
-// ---- waking and suspending ----------------------------------------------------
+// ---- waking and suspending
+// ----------------------------------------------------
 
 void Worker::MakeReady(Fiber* fiber) {
   RPA_DCHECK(fiber->state == Fiber::State::kBlocked);
@@ -281,7 +291,8 @@ void Worker::Suspend(PostSwitch action) {
   self->state = Fiber::State::kBlocked;
   blocked.Add();
   Fiber* next = ready_.PopFront();
-  if (next == nullptr) next = TakeIdleFiber();  // the worker keeps going on another fiber
+  if (next == nullptr)
+    next = TakeIdleFiber();  // the worker keeps going on another fiber
   post_switch_ = action;
   Switch(next);
 }
@@ -330,7 +341,8 @@ std::int32_t Worker::RunIo(ReactorOp* op) {
   return op->result;
 }
 
-// ---- idling and parking ---------------------------------------------------------
+// ---- idling and parking
+// ---------------------------------------------------------
 
 void Worker::Idle() {
   if (FindWorkWhileSpinning()) return;
@@ -372,7 +384,8 @@ void Worker::Park() {
   const bool work = !inbox_.empty() || !executor_->inject_empty() ||
                     executor_->AnyQueueNonEmpty() || executor_->stopping();
   if (!work) {
-    if (executor_->draining() && reactor_->pending() == 0 && external_pending_ == 0) {
+    if (executor_->draining() && reactor_->pending() == 0 &&
+        external_pending_ == 0) {
       quiescent_.store(true, std::memory_order_seq_cst);
       executor_->NotifyCoordinator();
     }
@@ -395,12 +408,14 @@ void Worker::IdleDriver() {
     return;
   }
   if (executor_->virtual_time()) {
-    if (reactor_->AdvanceToNextTimer()) return;  // time jumps; a sleeper is ready
+    if (reactor_->AdvanceToNextTimer())
+      return;  // time jumps; a sleeper is ready
     if (external_pending_ == 0) {
       const std::uint64_t n = blocked.Get();
       if (drive_mode_ != DriveMode::kShutdown) {
-        drive_status_ = FailedPreconditionError(
-            "deadlock: " + std::to_string(n) + " fibers blocked and no timer pending");
+        drive_status_ =
+            FailedPreconditionError("deadlock: " + std::to_string(n) +
+                                    " fibers blocked and no timer pending");
       }
       leave_loop_ = true;
       return;
@@ -418,7 +433,8 @@ void Worker::IdleDriver() {
   parked_.store(false, std::memory_order_seq_cst);
 }
 
-// ---- entry points ---------------------------------------------------------------
+// ---- entry points
+// ---------------------------------------------------------------
 
 void Worker::ThreadMain() {
   tls_current_ = this;
@@ -447,7 +463,8 @@ Status Worker::Drive(DriveMode mode, TaskBase* until) {
   return std::exchange(drive_status_, OkStatus());
 }
 
-// ---- shutdown -------------------------------------------------------------------
+// ---- shutdown
+// -------------------------------------------------------------------
 
 std::uint64_t Worker::AbandonBlockedFibers() {
   std::uint64_t failed = 0;
@@ -455,7 +472,8 @@ std::uint64_t Worker::AbandonBlockedFibers() {
   while (fiber != nullptr) {
     Fiber* next = fiber->all_next;
     if (fiber->state == Fiber::State::kBlocked) {
-      if (Waiter* waiter = fiber->waiter; waiter != nullptr && waiter->queue != nullptr) {
+      if (Waiter* waiter = fiber->waiter;
+          waiter != nullptr && waiter->queue != nullptr) {
         SpinLockGuard guard(*waiter->queue->lock());
         waiter->queue->Remove(waiter);
       }

@@ -10,10 +10,11 @@
 
 #include "fiber.h"
 #include "reactor.h"
+#include "work_queue.h"
+
 #include "rpa/runtime/blocking.h"
 #include "rpa/runtime/internal/task.h"
 #include "rpa/runtime/status.h"
-#include "work_queue.h"
 
 namespace rpa::runtime::internal {
 
@@ -23,10 +24,12 @@ class ExecutorImpl;
 class Counter {
  public:
   void Add(std::uint64_t n = 1) {
-    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_release);
+    value_.store(value_.load(std::memory_order_relaxed) + n,
+                 std::memory_order_release);
   }
   void Sub(std::uint64_t n = 1) {
-    value_.store(value_.load(std::memory_order_relaxed) - n, std::memory_order_release);
+    value_.store(value_.load(std::memory_order_relaxed) - n,
+                 std::memory_order_release);
   }
   std::uint64_t Get() const { return value_.load(std::memory_order_acquire); }
 
@@ -65,15 +68,15 @@ class FiberList {
 // What the worker does right after switching away from a fiber that
 // suspended, on its behalf (the fiber's context is saved by then).
 struct PostSwitch {
-  SpinLock* unlock = nullptr;             // a primitive's lock (wait_queue.h)
-  BlockingJob* blocking_job = nullptr;    // hand to the blocking pool
+  SpinLock* unlock = nullptr;           // a primitive's lock (wait_queue.h)
+  BlockingJob* blocking_job = nullptr;  // hand to the blocking pool
 };
 
 enum class DriveMode : std::uint8_t {
-  kRun,         // until no task is live
-  kUntilIdle,   // until nothing is ready now
-  kJoin,        // until a given task is done
-  kShutdown,    // until no task is live or nothing can progress any more
+  kRun,        // until no task is live
+  kUntilIdle,  // until nothing is ready now
+  kJoin,       // until a given task is done
+  kShutdown,   // until no task is live or nothing can progress any more
 };
 
 class Worker {
@@ -90,7 +93,9 @@ class Worker {
   ExecutorImpl* executor() const { return executor_; }
   int index() const { return index_; }
   Reactor* reactor() const { return reactor_.get(); }
-  bool in_fiber() const { return current_ != nullptr && !current_->is_thread_context(); }
+  bool in_fiber() const {
+    return current_ != nullptr && !current_->is_thread_context();
+  }
   Fiber* current() const { return current_; }
 
   // ---- any thread
@@ -111,24 +116,27 @@ class Worker {
   // A joiner runs a claimed task inline; `holds_queue_ref` when it took the
   // task out of the slot (the queue's reference is then its to drop).
   void RunInline(TaskBase* task, bool holds_queue_ref);
-  void MakeReady(Fiber* fiber);     // reactor completions and local wakes
+  void MakeReady(Fiber* fiber);  // reactor completions and local wakes
   void AddExternalPending() { ++external_pending_; }
   void RemoveExternalPending() { --external_pending_; }
 
   // ---- entry points
-  void ThreadMain();                            // the worker thread (num_workers > 0)
-  Status Drive(DriveMode mode, TaskBase* until);  // the caller's thread (num_workers == 0)
+  void ThreadMain();  // the worker thread (num_workers > 0)
+  Status Drive(DriveMode mode,
+               TaskBase* until);  // the caller's thread (num_workers == 0)
 
   // ---- run queue: the newest task waits in `slot_`, older ones in `queue_`
   // Owner: spawn. The previous newest task moves to the queue.
   void Push(TaskBase* task) {
-    if (TaskBase* previous = slot_.exchange(task, std::memory_order_seq_cst)) queue_.Push(previous);
+    if (TaskBase* previous = slot_.exchange(task, std::memory_order_seq_cst))
+      queue_.Push(previous);
   }
   // Any thread: takes `task` back out of the slot if it is still there (a
   // help-first Join of the task just spawned: no stale queue entry left).
   bool TakeFromSlot(TaskBase* task) {
     return slot_.load(std::memory_order_relaxed) == task &&
-           slot_.compare_exchange_strong(task, nullptr, std::memory_order_acquire,
+           slot_.compare_exchange_strong(task, nullptr,
+                                         std::memory_order_acquire,
                                          std::memory_order_relaxed);
   }
   // Any thread: the oldest task, or the slot's.
@@ -138,7 +146,8 @@ class Worker {
     return slot_.exchange(nullptr, std::memory_order_acquire);
   }
   bool queue_empty() const {
-    return queue_.empty_hint() && slot_.load(std::memory_order_seq_cst) == nullptr;
+    return queue_.empty_hint() &&
+           slot_.load(std::memory_order_seq_cst) == nullptr;
   }
   bool inbox_empty() const { return inbox_.empty(); }
   bool quiescent() const { return quiescent_.load(std::memory_order_seq_cst); }
@@ -159,7 +168,8 @@ class Worker {
  private:
   // initial-exec: one %fs-relative load instead of a __tls_get_addr call in
   // this PIC library (it is linked into programs, not dlopen'ed late).
-  __attribute__((tls_model("initial-exec"))) static inline thread_local Worker* tls_current_ =
+  __attribute__((tls_model(
+      "initial-exec"))) static inline thread_local Worker* tls_current_ =
       nullptr;
 
   static void FiberEntry(void* worker);
@@ -207,7 +217,7 @@ class Worker {
   PostSwitch post_switch_;
   int ready_streak_ = 0;
   std::uint32_t tick_ = 0;
-  std::uint64_t external_pending_ = 0;   // blocking-pool jobs in flight
+  std::uint64_t external_pending_ = 0;  // blocking-pool jobs in flight
   std::uint64_t rng_;
 
   // Driving (num_workers == 0).

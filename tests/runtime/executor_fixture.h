@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "fiber.h"  // internal::StackPool::LiveStacks
+
 #include "rpa/runtime/executor.h"
 
 namespace rpa::runtime {
@@ -21,7 +22,9 @@ inline const int kWorkerCounts[] = {0, 1, 2, 4, 8};
 
 class ExecutorTest : public ::testing::TestWithParam<int> {
  protected:
-  void SetUp() override { live_stacks_before_ = internal::StackPool::LiveStacks(); }
+  void SetUp() override {
+    live_stacks_before_ = internal::StackPool::LiveStacks();
+  }
 
   void TearDown() override {
     if (executor_ != nullptr) {
@@ -35,7 +38,8 @@ class ExecutorTest : public ::testing::TestWithParam<int> {
       EXPECT_EQ(executor_->Stats().blocked_fibers, 0u);
       executor_.reset();
     }
-    EXPECT_EQ(internal::StackPool::LiveStacks(), live_stacks_before_) << "fiber stacks leaked";
+    EXPECT_EQ(internal::StackPool::LiveStacks(), live_stacks_before_)
+        << "fiber stacks leaked";
   }
 
   int num_workers() const { return GetParam(); }
@@ -59,7 +63,8 @@ inline std::string WorkersName(const ::testing::TestParamInfo<int>& info) {
   return "workers" + std::to_string(info.param);
 }
 
-#define RPA_INSTANTIATE_OVER_WORKERS(suite) \
-  INSTANTIATE_TEST_SUITE_P(Workers, suite, ::testing::ValuesIn(kWorkerCounts), WorkersName)
+#define RPA_INSTANTIATE_OVER_WORKERS(suite)                                    \
+  INSTANTIATE_TEST_SUITE_P(Workers, suite, ::testing::ValuesIn(kWorkerCounts), \
+                           WorkersName)
 
 }  // namespace rpa::runtime

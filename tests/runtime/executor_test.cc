@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "executor_fixture.h"
+
 #include "rpa/runtime/event.h"
 #include "rpa/runtime/this_fiber.h"
 #include "rpa/runtime/wait_group.h"
@@ -22,9 +23,11 @@ TEST(ExecutorOptionsTest, InvalidOptionsNameTheField) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("num_workers"), std::string::npos);
-  auto virtual_threads = Executor::Create({.num_workers = 2, .clock = ClockKind::kVirtual});
+  auto virtual_threads =
+      Executor::Create({.num_workers = 2, .clock = ClockKind::kVirtual});
   ASSERT_FALSE(virtual_threads.ok());
-  EXPECT_NE(virtual_threads.status().message().find("kVirtual"), std::string::npos);
+  EXPECT_NE(virtual_threads.status().message().find("kVirtual"),
+            std::string::npos);
   auto ring = Executor::Create({.ring_entries = 100});
   ASSERT_FALSE(ring.ok());
   EXPECT_NE(ring.status().message().find("ring_entries"), std::string::npos);
@@ -48,8 +51,10 @@ TEST_P(SpawnTest, JoinReturnsEveryKindOfResult) {
   auto nothing = ex.Spawn([] {});
   auto ok = ex.Spawn([] { return OkStatus(); });
   auto error = ex.Spawn([] { return NotFoundError("page 7"); });
-  auto statusor = ex.Spawn([]() -> StatusOr<std::string> { return std::string("kv"); });
-  auto statusor_error = ex.Spawn([]() -> StatusOr<int> { return ResourceExhaustedError("full"); });
+  auto statusor =
+      ex.Spawn([]() -> StatusOr<std::string> { return std::string("kv"); });
+  auto statusor_error = ex.Spawn(
+      []() -> StatusOr<int> { return ResourceExhaustedError("full"); });
   auto thrown = ex.Spawn([]() -> int { throw std::runtime_error("boom"); });
   auto move_only = ex.Spawn([] { return std::make_unique<int>(5); });
 
@@ -83,7 +88,8 @@ TEST_P(SpawnTest, TasksInsideTasksAndHelpFirstJoin) {
 }
 
 TEST_P(SpawnTest, SpawnOrderIsStartOrderOnOneWorker) {
-  if (num_workers() > 1) GTEST_SKIP() << "stealing reorders starts across workers";
+  if (num_workers() > 1)
+    GTEST_SKIP() << "stealing reorders starts across workers";
   Executor& ex = Make();
   std::vector<int> order;
   std::mutex mu;
@@ -101,7 +107,8 @@ TEST_P(SpawnTest, SpawnOrderIsStartOrderOnOneWorker) {
   });
   ASSERT_TRUE(parent.Join().ok());
   ASSERT_EQ(order.size(), 100u);
-  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
+  for (int i = 0; i < 100; ++i)
+    EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
 }
 
 TEST_P(SpawnTest, ForeignThreadsSpawnAndJoin) {
@@ -115,7 +122,8 @@ TEST_P(SpawnTest, ForeignThreadsSpawnAndJoin) {
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&] {
-        for (int i = 0; i < kTasksPerThread; ++i) ex.Spawn([&] { sum.fetch_add(1); }).Detach();
+        for (int i = 0; i < kTasksPerThread; ++i)
+          ex.Spawn([&] { sum.fetch_add(1); }).Detach();
       });
     }
     for (auto& thread : threads) thread.join();
@@ -129,7 +137,8 @@ TEST_P(SpawnTest, ForeignThreadsSpawnAndJoin) {
             sum.fetch_add(1);
             return this_fiber::WorkerIndex();
           });
-          if (i % 10 == 0) {  // a foreign thread blocks in Join until a worker ran it
+          if (i % 10 ==
+              0) {  // a foreign thread blocks in Join until a worker ran it
             StatusOr<int> worker = handle.Join();
             ASSERT_TRUE(worker.ok());
             EXPECT_GE(*worker, 0);
@@ -149,7 +158,8 @@ TEST_P(SpawnTest, IdleWorkersWakeForForeignSubmissions) {
   Executor& ex = Make({.spin = Duration::zero()});  // park at once
   for (int round = 0; round < 50; ++round) {
     // Give the workers time to park, then submit from this (foreign) thread.
-    if (round % 10 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (round % 10 == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     auto handle = ex.Spawn([round] { return round; });
     EXPECT_EQ(*handle.Join(), round);
   }
@@ -167,16 +177,19 @@ TEST_P(SpawnTest, StealingSpreadsWorkOverWorkers) {
     // get some by stealing.
     for (int i = 0; i < 400; ++i) {
       wg.Add(1);
-      Executor::Current()->Spawn([&] {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-        while (std::chrono::steady_clock::now() < end) {
-        }
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          workers_seen.insert(this_fiber::WorkerIndex());
-        }
-        wg.Done();
-      }).Detach();
+      Executor::Current()
+          ->Spawn([&] {
+            const auto end = std::chrono::steady_clock::now() +
+                             std::chrono::microseconds(50);
+            while (std::chrono::steady_clock::now() < end) {
+            }
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              workers_seen.insert(this_fiber::WorkerIndex());
+            }
+            wg.Done();
+          })
+          .Detach();
     }
     wg.Wait();
   });
@@ -192,17 +205,22 @@ TEST_P(SpawnTest, ShutdownRunsQueuedWorkAndReportsBlockedTasks) {
   Event never;
   for (int i = 0; i < 100; ++i) ex.Spawn([&] { ran.fetch_add(1); }).Detach();
   auto blocked = ex.Spawn([&] { never.Wait(); });
-  auto sleeper = ex.Spawn([] { this_fiber::SleepFor(std::chrono::milliseconds(2)); return 1; });
+  auto sleeper = ex.Spawn([] {
+    this_fiber::SleepFor(std::chrono::milliseconds(2));
+    return 1;
+  });
   Status status = ex.Shutdown();
   EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(status.message().find("1 tasks never finished"), std::string::npos) << status;
-  EXPECT_EQ(ran.load(), 100);                      // queued work ran
-  EXPECT_EQ(*sleeper.Join(), 1);                   // timers were waited for
+  EXPECT_NE(status.message().find("1 tasks never finished"), std::string::npos)
+      << status;
+  EXPECT_EQ(ran.load(), 100);     // queued work ran
+  EXPECT_EQ(*sleeper.Join(), 1);  // timers were waited for
   EXPECT_EQ(blocked.Join().code(), StatusCode::kFailedPrecondition);
-  auto late = ex.Spawn([] { return 1; });          // after shutdown: rejected
+  auto late = ex.Spawn([] { return 1; });  // after shutdown: rejected
   EXPECT_EQ(late.Join().status().code(), StatusCode::kFailedPrecondition);
   ExecutorStats stats = ex.Stats();
-  EXPECT_EQ(stats.tasks_spawned, stats.tasks_completed + stats.tasks_failed_at_shutdown);
+  EXPECT_EQ(stats.tasks_spawned,
+            stats.tasks_completed + stats.tasks_failed_at_shutdown);
   EXPECT_EQ(stats.tasks_failed_at_shutdown, 2u);
   never.Set();  // the abandoned waiter was unlinked: nothing to wake
 }

@@ -91,7 +91,8 @@ TEST(FiberDeathTest, StackOverflowInATaskCrashesTheProcess) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
-        auto executor = Executor::Create({.num_workers = 1, .stack_bytes = 64 * 1024});
+        auto executor =
+            Executor::Create({.num_workers = 1, .stack_bytes = 64 * 1024});
         (*executor)->Spawn([] { Recurse(0); }).Join().IgnoreError();
       },
       "");

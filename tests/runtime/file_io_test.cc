@@ -4,9 +4,8 @@
 #include "rpa/runtime/file_io.h"
 
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +17,7 @@
 
 #include "executor_fixture.h"
 #include "reactor.h"  // internal::ProbeIoUring
+
 #include "rpa/runtime/blocking.h"
 #include "rpa/runtime/this_fiber.h"
 
@@ -50,12 +50,15 @@ struct IoParam {
 class FileIoTest : public ::testing::TestWithParam<IoParam> {
  protected:
   void SetUp() override {
-    if (GetParam().backend == IoBackend::kIoUring && !internal::ProbeIoUring().ok()) {
-      GTEST_SKIP() << "io_uring is unavailable here: " << internal::ProbeIoUring();
+    if (GetParam().backend == IoBackend::kIoUring &&
+        !internal::ProbeIoUring().ok()) {
+      GTEST_SKIP() << "io_uring is unavailable here: "
+                   << internal::ProbeIoUring();
     }
-    auto created = Executor::Create({.num_workers = GetParam().num_workers,
-                                     .io_backend = GetParam().backend,
-                                     .ring_entries = 8});  // small: exercises back-pressure
+    auto created = Executor::Create(
+        {.num_workers = GetParam().num_workers,
+         .io_backend = GetParam().backend,
+         .ring_entries = 8});  // small: exercises back-pressure
     ASSERT_TRUE(created.ok()) << created.status();
     ex_ = std::move(created).value();
     ASSERT_EQ(ex_->io_backend(), GetParam().backend);
@@ -79,7 +82,8 @@ TEST_P(FileIoTest, PagesRoundTripThroughTheFile) {
   for (int p = 0; p < kPages; ++p) {
     writers.push_back(ex_->Spawn([&, p]() -> Status {
       std::vector<std::byte> page(kPageBytes, std::byte(p + 1));
-      StatusOr<std::size_t> n = WriteAt(file.fd(), page, static_cast<std::uint64_t>(p) * kPageBytes);
+      StatusOr<std::size_t> n =
+          WriteAt(file.fd(), page, static_cast<std::uint64_t>(p) * kPageBytes);
       if (!n.ok()) return n.status();
       if (*n != kPageBytes) return InternalError("short write");
       return OkStatus();
@@ -90,8 +94,9 @@ TEST_P(FileIoTest, PagesRoundTripThroughTheFile) {
   for (int p = 0; p < kPages; ++p) {
     readers.push_back(ex_->Spawn([&, p]() -> StatusOr<int> {
       std::vector<std::byte> page(kPageBytes);
-      RPA_ASSIGN_OR_RETURN(std::size_t n,
-                           ReadAt(file.fd(), page, static_cast<std::uint64_t>(p) * kPageBytes));
+      RPA_ASSIGN_OR_RETURN(
+          std::size_t n,
+          ReadAt(file.fd(), page, static_cast<std::uint64_t>(p) * kPageBytes));
       if (n != kPageBytes) return InternalError("short read");
       for (std::byte b : page) {
         if (b != std::byte(p + 1)) return InternalError("wrong byte");
@@ -120,7 +125,8 @@ TEST_P(FileIoTest, ErrorsNameTheFdAndMapTheErrno) {
   StatusOr<std::size_t> result = bad.Join();
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(result.status().message().find("fd=-1"), std::string::npos) << result.status();
+  EXPECT_NE(result.status().message().find("fd=-1"), std::string::npos)
+      << result.status();
 }
 
 TEST_P(FileIoTest, RunBlockingSuspendsOnlyTheFiber) {
@@ -141,13 +147,15 @@ TEST_P(FileIoTest, RunBlockingSuspendsOnlyTheFiber) {
   EXPECT_TRUE(ticker.Join().ok());
   EXPECT_EQ(ticks.load(), 20);
   auto thrower = ex_->Spawn([]() -> int {
-    return RunBlocking([]() -> int { throw std::runtime_error("disk on fire"); });
+    return RunBlocking(
+        []() -> int { throw std::runtime_error("disk on fire"); });
   });
   EXPECT_EQ(thrower.Join().status(), InternalError("task threw: disk on fire"));
 }
 
 std::string IoParamName(const ::testing::TestParamInfo<IoParam>& info) {
-  return std::string(info.param.backend == IoBackend::kIoUring ? "uring" : "threads") +
+  return std::string(info.param.backend == IoBackend::kIoUring ? "uring"
+                                                               : "threads") +
          "_workers" + std::to_string(info.param.num_workers);
 }
 
@@ -165,7 +173,8 @@ INSTANTIATE_TEST_SUITE_P(Backends, FileIoTest,
                          IoParamName);
 
 TEST(BlockingTest, ZeroBlockingThreadsRunInline) {
-  auto ex = Executor::Create({.num_workers = 1, .io_backend = IoBackend::kThreads,
+  auto ex = Executor::Create({.num_workers = 1,
+                              .io_backend = IoBackend::kThreads,
                               .blocking_threads = 0});
   ASSERT_TRUE(ex.ok());
   auto task = (*ex)->Spawn([] {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "executor_fixture.h"
+
 #include "rpa/runtime/channel.h"
 #include "rpa/runtime/event.h"
 #include "rpa/runtime/mutex.h"
@@ -87,11 +88,13 @@ TEST_P(PrimitivesTest, WaitGroupWaitsForAll) {
     WaitGroup wg;
     for (int i = 0; i < 64; ++i) {
       wg.Add();
-      Executor::Current()->Spawn([&, i] {
-        for (int y = 0; y < i % 4; ++y) this_fiber::Yield();
-        done.fetch_add(1);
-        wg.Done();
-      }).Detach();
+      Executor::Current()
+          ->Spawn([&, i] {
+            for (int y = 0; y < i % 4; ++y) this_fiber::Yield();
+            done.fetch_add(1);
+            wg.Done();
+          })
+          .Detach();
     }
     wg.Wait();
     EXPECT_EQ(done.load(), 64);
@@ -108,11 +111,13 @@ TEST_P(PrimitivesTest, SemaphoreCountsBytesAndNeverOvercommits) {
   std::atomic<std::int64_t> peak{0};
   std::vector<JoinHandle<void>> tasks;
   for (int i = 0; i < 40; ++i) {
-    const std::uint64_t bytes = 512u * (1u + static_cast<std::uint64_t>(i % 8));  // 512..4096
+    const std::uint64_t bytes =
+        512u * (1u + static_cast<std::uint64_t>(i % 8));  // 512..4096
     tasks.push_back(ex.Spawn([&, bytes] {
       budget.Acquire(bytes);
-      const std::int64_t now = in_use.fetch_add(static_cast<std::int64_t>(bytes)) +
-                               static_cast<std::int64_t>(bytes);
+      const std::int64_t now =
+          in_use.fetch_add(static_cast<std::int64_t>(bytes)) +
+          static_cast<std::int64_t>(bytes);
       std::int64_t p = peak.load();
       while (now > p && !peak.compare_exchange_weak(p, now)) {
       }
@@ -141,12 +146,12 @@ TEST_P(PrimitivesTest, SemaphoreServesWaitersInOrderAndTryAcquireRespectsThem) {
   auto small = ex.Spawn([&] { dma.Acquire(10); });
   settle();
   EXPECT_FALSE(dma.TryAcquire(1));  // waiters are queued: no barging
-  dma.Release(500);                 // would fit the small one, but the big one is first
+  dma.Release(500);  // would fit the small one, but the big one is first
   settle();
   EXPECT_FALSE(small.done());
   EXPECT_FALSE(big.done());
   EXPECT_EQ(dma.available(), 500u);
-  dma.Release(510);                 // now both fit, in order
+  dma.Release(510);  // now both fit, in order
   EXPECT_TRUE(big.Join().ok());
   EXPECT_TRUE(small.Join().ok());
   EXPECT_EQ(dma.available(), 0u);
@@ -186,7 +191,10 @@ TEST_P(PrimitivesTest, ChannelPreservesOrderPerSenderAndDeliversEverything) {
   for (int s = 0; s < kSenders; ++s) {
     senders.push_back(ex.Spawn([&, s] {
       for (int i = 0; i < kPerSender; ++i) {
-        ASSERT_TRUE(channel.Send(static_cast<std::uint64_t>(s) << 32 | static_cast<std::uint64_t>(i)).ok());
+        ASSERT_TRUE(channel
+                        .Send(static_cast<std::uint64_t>(s) << 32 |
+                              static_cast<std::uint64_t>(i))
+                        .ok());
       }
     }));
   }
@@ -211,7 +219,8 @@ TEST_P(PrimitivesTest, ChannelPreservesOrderPerSenderAndDeliversEverything) {
     for (std::uint64_t v : *got) {
       const int s = static_cast<int>(v >> 32);
       const int i = static_cast<int>(v & 0xffffffffu);
-      EXPECT_GT(i, last[static_cast<std::size_t>(s)]);  // one receiver sees a sender's values in order
+      EXPECT_GT(i, last[static_cast<std::size_t>(
+                       s)]);  // one receiver sees a sender's values in order
       last[static_cast<std::size_t>(s)] = i;
     }
     total += got->size();
@@ -227,7 +236,8 @@ TEST_P(PrimitivesTest, ChannelCloseSemantics) {
     EXPECT_TRUE(channel.Send(1).ok());
     EXPECT_TRUE(channel.TrySend(2).ok());
     int three = 3;
-    EXPECT_EQ(channel.TrySend(std::move(three)).code(), StatusCode::kResourceExhausted);
+    EXPECT_EQ(channel.TrySend(std::move(three)).code(),
+              StatusCode::kResourceExhausted);
     EXPECT_EQ(three, 3);  // untouched on failure
     channel.Close();
     EXPECT_EQ(channel.Send(4).code(), StatusCode::kFailedPrecondition);
@@ -268,7 +278,8 @@ TEST_P(PrimitivesTest, ChannelBetweenThreadsAndFibers) {
   Channel<int> to_fiber(4);
   Channel<int> to_thread(4);
   auto echo = ex.Spawn([&] {
-    while (auto v = to_fiber.Receive()) EXPECT_TRUE(to_thread.Send(*v * 2).ok());
+    while (auto v = to_fiber.Receive())
+      EXPECT_TRUE(to_thread.Send(*v * 2).ok());
     to_thread.Close();
   });
   if (num_workers() == 0) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "executor_fixture.h"
+
 #include "rpa/runtime/channel.h"
 #include "rpa/runtime/mutex.h"
 #include "rpa/runtime/semaphore.h"
@@ -34,26 +35,32 @@ TEST_P(StressTest, MillionsOfTinyTasks) {
     // spawns tiny tasks; half are detached, half joined (inline or not).
     for (std::uint64_t chunk = 0; chunk < kTasks / kFanOut; ++chunk) {
       all.Add();
-      Executor::Current()->Spawn([&, chunk] {
-        std::vector<JoinHandle<std::uint64_t>> joined;
-        joined.reserve(kFanOut / 2);
-        WaitGroup detached;
-        for (std::uint64_t i = 0; i < kFanOut; ++i) {
-          const std::uint64_t value = chunk * kFanOut + i;
-          if (i % 2 == 0) {
-            joined.push_back(Executor::Current()->Spawn([value] { return value; }));
-          } else {
-            detached.Add();
-            Executor::Current()->Spawn([&sum, &detached, value] {
-              sum.fetch_add(value, std::memory_order_relaxed);
-              detached.Done();
-            }).Detach();
-          }
-        }
-        for (auto& handle : joined) sum.fetch_add(*handle.Join(), std::memory_order_relaxed);
-        detached.Wait();
-        all.Done();
-      }).Detach();
+      Executor::Current()
+          ->Spawn([&, chunk] {
+            std::vector<JoinHandle<std::uint64_t>> joined;
+            joined.reserve(kFanOut / 2);
+            WaitGroup detached;
+            for (std::uint64_t i = 0; i < kFanOut; ++i) {
+              const std::uint64_t value = chunk * kFanOut + i;
+              if (i % 2 == 0) {
+                joined.push_back(
+                    Executor::Current()->Spawn([value] { return value; }));
+              } else {
+                detached.Add();
+                Executor::Current()
+                    ->Spawn([&sum, &detached, value] {
+                      sum.fetch_add(value, std::memory_order_relaxed);
+                      detached.Done();
+                    })
+                    .Detach();
+              }
+            }
+            for (auto& handle : joined)
+              sum.fetch_add(*handle.Join(), std::memory_order_relaxed);
+            detached.Wait();
+            all.Done();
+          })
+          .Detach();
     }
     all.Wait();
   });
@@ -118,37 +125,37 @@ TEST_P(StressTest, RandomMixOfPrimitives) {
   all.Add(static_cast<std::uint64_t>(kTasks));
   for (int t = 0; t < kTasks; ++t) {
     ex.Spawn([&, t] {
-      std::mt19937 rng(static_cast<std::uint32_t>(t));
-      for (int op = 0; op < 20; ++op) {
-        switch (rng() % 5) {
-          case 0: {
-            MutexLock lock(mu);
-            ++guarded;
-            break;
-          }
-          case 1: {
-            const std::uint64_t n = 1 + rng() % 16384;
-            bytes.Acquire(n);
-            this_fiber::Yield();
-            bytes.Release(n);
-            break;
-          }
-          case 2:
-            if (mailbox.TrySend(int{t}).ok()) mails.fetch_add(1);
-            break;
-          case 3:
-            if (mailbox.TryReceive()) mails.fetch_sub(1);
-            break;
-          default:
-            if (rng() % 8 == 0) {
-              this_fiber::SleepFor(std::chrono::microseconds(rng() % 50));
-            } else {
-              this_fiber::Yield();
+        std::mt19937 rng(static_cast<std::uint32_t>(t));
+        for (int op = 0; op < 20; ++op) {
+          switch (rng() % 5) {
+            case 0: {
+              MutexLock lock(mu);
+              ++guarded;
+              break;
             }
+            case 1: {
+              const std::uint64_t n = 1 + rng() % 16384;
+              bytes.Acquire(n);
+              this_fiber::Yield();
+              bytes.Release(n);
+              break;
+            }
+            case 2:
+              if (mailbox.TrySend(int{t}).ok()) mails.fetch_add(1);
+              break;
+            case 3:
+              if (mailbox.TryReceive()) mails.fetch_sub(1);
+              break;
+            default:
+              if (rng() % 8 == 0) {
+                this_fiber::SleepFor(std::chrono::microseconds(rng() % 50));
+              } else {
+                this_fiber::Yield();
+              }
+          }
         }
-      }
-      all.Done();
-    }).Detach();
+        all.Done();
+      }).Detach();
   }
   auto waiter = ex.Spawn([&] { all.Wait(); });
   ASSERT_TRUE(waiter.Join().ok());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "executor_fixture.h"
+
 #include "rpa/runtime/channel.h"
 #include "rpa/runtime/event.h"
 #include "rpa/runtime/semaphore.h"
@@ -64,7 +65,8 @@ TEST_P(RealTimerTest, SmallRingAppliesBackPressureInsteadOfFailing) {
   Executor& ex = Make({.ring_entries = 4});
   std::vector<JoinHandle<void>> sleepers;
   for (int i = 0; i < 64; ++i) {
-    sleepers.push_back(ex.Spawn([] { this_fiber::SleepFor(microseconds(300)); }));
+    sleepers.push_back(
+        ex.Spawn([] { this_fiber::SleepFor(microseconds(300)); }));
   }
   for (auto& s : sleepers) EXPECT_TRUE(s.Join().ok());
 }
@@ -94,7 +96,8 @@ class VirtualTimeTest : public ::testing::Test {
   }
   void TearDown() override {
     // Virtual time never sleeps: hours of simulated time take no wall time.
-    EXPECT_LT(std::chrono::steady_clock::now() - wall_start_, std::chrono::seconds(2));
+    EXPECT_LT(std::chrono::steady_clock::now() - wall_start_,
+              std::chrono::seconds(2));
     if (ex_ != nullptr && expect_clean_) {
       EXPECT_TRUE(ex_->Shutdown().ok());
       ExecutorStats stats = ex_->Stats();
@@ -113,15 +116,20 @@ TEST_F(VirtualTimeTest, TimeStartsAtZeroAndJumpsToTheNextTimer) {
   EXPECT_EQ(ex_->Now(), At(Duration::zero()));
   std::vector<std::string> log;
   ex_->Spawn([&] {
-    this_fiber::SleepFor(std::chrono::hours(3));
-    log.push_back("a@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
-  }).Detach();
+       this_fiber::SleepFor(std::chrono::hours(3));
+       log.push_back(
+           "a@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
+     })
+      .Detach();
   ex_->Spawn([&] {
-    this_fiber::SleepFor(nanoseconds(5));
-    log.push_back("b@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
-    this_fiber::SleepUntil(At(nanoseconds(7)));
-    log.push_back("b@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
-  }).Detach();
+       this_fiber::SleepFor(nanoseconds(5));
+       log.push_back(
+           "b@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
+       this_fiber::SleepUntil(At(nanoseconds(7)));
+       log.push_back(
+           "b@" + std::to_string(this_fiber::Now().time_since_epoch().count()));
+     })
+      .Detach();
   ASSERT_TRUE(ex_->Run().ok());
   EXPECT_EQ(log, (std::vector<std::string>{"b@5", "b@7", "a@10800000000000"}));
   EXPECT_EQ(ex_->Now(), At(std::chrono::hours(3)));
@@ -132,11 +140,11 @@ TEST_F(VirtualTimeTest, EqualDeadlinesWakeInSleepOrderAndRunsAreDeterministic) {
     std::vector<int> order;
     for (int i = 0; i < 20; ++i) {
       ex.Spawn([&order, i] {
-        this_fiber::SleepFor(nanoseconds(100 * (i % 3)));
-        order.push_back(i);
-        this_fiber::SleepFor(nanoseconds(50));
-        order.push_back(100 + i);
-      }).Detach();
+          this_fiber::SleepFor(nanoseconds(100 * (i % 3)));
+          order.push_back(i);
+          this_fiber::SleepFor(nanoseconds(50));
+          order.push_back(100 + i);
+        }).Detach();
     }
     EXPECT_TRUE(ex.Run().ok());
     return order;
@@ -158,7 +166,9 @@ TEST_F(VirtualTimeTest, DeadlockIsReportedInsteadOfHanging) {
   ex_->Spawn([&] { never.Wait(); }).Detach();
   Status status = ex_->Run();
   EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(status.message().find("deadlock: 2 fibers blocked"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("deadlock: 2 fibers blocked"),
+            std::string::npos)
+      << status;
   never.Set();  // unblocks them: the next Run finishes
   EXPECT_TRUE(ex_->Run().ok());
   EXPECT_TRUE(ex_->Shutdown().ok());
@@ -177,9 +187,10 @@ TEST_F(VirtualTimeTest, JoinFromTheCallerDrivesTheSimulation) {
 TEST_F(VirtualTimeTest, RunUntilIdleDoesNotAdvanceTime) {
   bool woke = false;
   ex_->Spawn([&] {
-    this_fiber::SleepFor(nanoseconds(10));
-    woke = true;
-  }).Detach();
+       this_fiber::SleepFor(nanoseconds(10));
+       woke = true;
+     })
+      .Detach();
   ASSERT_TRUE(ex_->RunUntilIdle().ok());
   EXPECT_FALSE(woke);
   EXPECT_EQ(ex_->Now(), At(Duration::zero()));
@@ -206,12 +217,13 @@ TEST_F(VirtualTimeTest, DmaAndComputePipelineHasTheExpectedMakespan) {
   for (int engine = 0; engine < 2; ++engine) {
     engines.Add();
     ex_->Spawn([&] {
-      while (auto page = work.Receive()) {
-        this_fiber::SleepFor(kDmaLatency + kDmaPerPage);
-        landed.Release(kPageBytes);
-      }
-      engines.Done();
-    }).Detach();
+         while (auto page = work.Receive()) {
+           this_fiber::SleepFor(kDmaLatency + kDmaPerPage);
+           landed.Release(kPageBytes);
+         }
+         engines.Done();
+       })
+        .Detach();
   }
   auto compute = ex_->Spawn([&] {
     for (int page = 0; page < kPages; ++page) {

@@ -20,10 +20,13 @@ TEST(WorkQueueTest, FifoAndGrowth) {
   WorkQueue<int*> queue(4);
   EXPECT_EQ(queue.Take(), nullptr);
   for (int i = 0; i < 10; ++i) queue.Push(&items[static_cast<std::size_t>(i)]);
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(queue.Take(), &items[static_cast<std::size_t>(i)]);
-  for (int i = 10; i < 1000; ++i) queue.Push(&items[static_cast<std::size_t>(i)]);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_EQ(queue.Take(), &items[static_cast<std::size_t>(i)]);
+  for (int i = 10; i < 1000; ++i)
+    queue.Push(&items[static_cast<std::size_t>(i)]);
   EXPECT_EQ(queue.size_hint(), 995u);
-  for (int i = 5; i < 1000; ++i) EXPECT_EQ(queue.Take(), &items[static_cast<std::size_t>(i)]);
+  for (int i = 5; i < 1000; ++i)
+    EXPECT_EQ(queue.Take(), &items[static_cast<std::size_t>(i)]);
   EXPECT_TRUE(queue.empty_hint());
 }
 
@@ -35,7 +38,9 @@ TEST(WorkQueueTest, DeterministicInterleavingsTakeEachItemOnce) {
     std::vector<int> items(kItems);
     std::vector<int> taken(kItems, 0);
     WorkQueue<int*, DeterministicAtomic> queue(2);
-    auto record = [&](int* item) { ++taken[static_cast<std::size_t>(item - items.data())]; };
+    auto record = [&](int* item) {
+      ++taken[static_cast<std::size_t>(item - items.data())];
+    };
     DeterministicSchedule schedule(seed);
     auto thief = [&] {
       for (int i = 0; i < kItems; ++i) {
@@ -53,7 +58,8 @@ TEST(WorkQueueTest, DeterministicInterleavingsTakeEachItemOnce) {
                   thief, thief});
     while (int* item = queue.Take()) record(item);
     for (int i = 0; i < kItems; ++i) {
-      ASSERT_EQ(taken[static_cast<std::size_t>(i)], 1) << "seed " << seed << " item " << i;
+      ASSERT_EQ(taken[static_cast<std::size_t>(i)], 1)
+          << "seed " << seed << " item " << i;
     }
   }
 }
@@ -74,11 +80,13 @@ TEST(WorkQueueTest, ConcurrentThievesUnderRealThreads) {
     }
   };
   std::thread t1(thief), t2(thief);
-  for (int i = 0; i < kItems; ++i) queue.Push(&items[static_cast<std::size_t>(i)]);
+  for (int i = 0; i < kItems; ++i)
+    queue.Push(&items[static_cast<std::size_t>(i)]);
   done.store(true);
   t1.join();
   t2.join();
-  for (int i = 0; i < kItems; ++i) ASSERT_EQ(taken[static_cast<std::size_t>(i)].load(), 1);
+  for (int i = 0; i < kItems; ++i)
+    ASSERT_EQ(taken[static_cast<std::size_t>(i)].load(), 1);
 }
 
 struct Node {
@@ -95,11 +103,13 @@ TEST(IntrusiveStackTest, DeterministicProducersTakeAllInFifoOrderPerProducer) {
     DeterministicSchedule schedule(seed);
     auto producer = [&](int base) {
       return [&, base] {
-        for (int i = base; i < base + 15; ++i) stack.Push(&nodes[static_cast<std::size_t>(i)]);
+        for (int i = base; i < base + 15; ++i)
+          stack.Push(&nodes[static_cast<std::size_t>(i)]);
       };
     };
     auto consume = [&] {
-      for (Node* n = stack.TakeAll(); n != nullptr; n = n->next) seen.push_back(n->value);
+      for (Node* n = stack.TakeAll(); n != nullptr; n = n->next)
+        seen.push_back(n->value);
     };
     schedule.Run({producer(0), producer(15), [&] {
                     for (int i = 0; i < 5; ++i) consume();

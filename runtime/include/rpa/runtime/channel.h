@@ -19,9 +19,8 @@
 //
 // Example:
 //   Channel<PageId> to_swap(64);
-//   executor->Spawn([&] { while (auto page = to_swap.Receive()) SwapOut(*page); });
-//   RPA_RETURN_IF_ERROR(to_swap.Send(page));
-//   to_swap.Close();
+//   executor->Spawn([&] { while (auto page = to_swap.Receive()) SwapOut(*page);
+//   }); RPA_RETURN_IF_ERROR(to_swap.Send(page)); to_swap.Close();
 
 #include <cstddef>
 #include <memory>
@@ -38,7 +37,8 @@ class Channel {
  public:
   explicit Channel(std::size_t capacity)
       : capacity_(capacity),
-        buffer_(capacity > 0 ? std::make_unique<std::optional<T>[]>(capacity) : nullptr) {}
+        buffer_(capacity > 0 ? std::make_unique<std::optional<T>[]>(capacity)
+                             : nullptr) {}
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
 
@@ -129,7 +129,9 @@ class Channel {
   std::size_t capacity() const { return capacity_; }
 
  private:
-  static Status ClosedError() { return FailedPreconditionError("channel is closed"); }
+  static Status ClosedError() {
+    return FailedPreconditionError("channel is closed");
+  }
 
   void PushLocked(T&& value) {
     std::size_t tail = head_ + size_;

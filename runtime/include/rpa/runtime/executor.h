@@ -37,7 +37,8 @@
 //   if (!executor.ok()) return executor.status();
 //   // from any service thread:
 //   auto handle = (*executor)->Spawn([&] { return HandleRequest(request); });
-//   RPA_RETURN_IF_ERROR(handle.Join());        // blocks this service thread only
+//   RPA_RETURN_IF_ERROR(handle.Join());        // blocks this service thread
+//   only
 //   // at exit, after the service threads stopped submitting:
 //   RPA_RETURN_IF_ERROR((*executor)->Shutdown());
 
@@ -55,9 +56,11 @@
 namespace rpa::runtime {
 
 enum class IoBackend {
-  kAuto,      // io_uring if the kernel allows it, else kThreads (said once on stderr)
-  kIoUring,   // io_uring or Create() fails with Unavailable
-  kThreads,   // the fallback: condition-variable parking, timer heap, blocking pool I/O
+  kAuto,     // io_uring if the kernel allows it, else kThreads (said once on
+             // stderr)
+  kIoUring,  // io_uring or Create() fails with Unavailable
+  kThreads,  // the fallback: condition-variable parking, timer heap, blocking
+             // pool I/O
 };
 
 struct ExecutorOptions {
@@ -85,10 +88,10 @@ struct ExecutorStats {
   std::uint64_t tasks_spawned = 0;    // accepted by Spawn
   std::uint64_t tasks_completed = 0;  // ran to the end (with any result)
   std::uint64_t tasks_failed_at_shutdown = 0;  // rejected or abandoned
-  std::uint64_t steals = 0;           // tasks taken from another worker's queue
-  std::uint64_t fibers = 0;           // fibers (with stacks) currently owned by workers
-  std::uint64_t blocked_fibers = 0;   // fibers suspended in a task right now
-  std::uint64_t parks = 0;            // times a worker went to sleep
+  std::uint64_t steals = 0;  // tasks taken from another worker's queue
+  std::uint64_t fibers = 0;  // fibers (with stacks) currently owned by workers
+  std::uint64_t blocked_fibers = 0;  // fibers suspended in a task right now
+  std::uint64_t parks = 0;           // times a worker went to sleep
 };
 
 namespace internal {
@@ -100,7 +103,8 @@ class Executor {
   // Validates the options and starts the workers. Errors: InvalidArgument
   // (a field and its value), Unavailable (io_backend == kIoUring but the
   // kernel or sandbox forbids io_uring).
-  static StatusOr<std::unique_ptr<Executor>> Create(const ExecutorOptions& options);
+  static StatusOr<std::unique_ptr<Executor>> Create(
+      const ExecutorOptions& options);
 
   // Calls Shutdown() if it was not called (its error is printed to stderr).
   ~Executor();
@@ -112,7 +116,7 @@ class Executor {
   // Shutdown() the task is not run and Join() returns FailedPrecondition.
   template <typename F>
   auto Spawn(F&& fn) -> JoinHandle<typename internal::TaskValue<
-                        std::invoke_result_t<std::decay_t<F>&>>::type> {
+      std::invoke_result_t<std::decay_t<F>&>>::type> {
     using R = std::invoke_result_t<std::decay_t<F>&>;
     using T = typename internal::TaskValue<R>::type;
     auto* task = new internal::Task<std::decay_t<F>, R>(std::forward<F>(fn));

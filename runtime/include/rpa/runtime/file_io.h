@@ -23,7 +23,8 @@
 // when the call returns.
 //
 // Example:
-//   StatusOr<std::size_t> n = WriteAt(fd, std::as_bytes(std::span(page)), page_offset);
+//   StatusOr<std::size_t> n = WriteAt(fd, std::as_bytes(std::span(page)),
+//   page_offset);
 
 #include <cstddef>
 #include <cstdint>
@@ -33,7 +34,9 @@
 
 namespace rpa::runtime {
 
-StatusOr<std::size_t> ReadAt(int fd, std::span<std::byte> buffer, std::uint64_t offset);
-StatusOr<std::size_t> WriteAt(int fd, std::span<const std::byte> buffer, std::uint64_t offset);
+StatusOr<std::size_t> ReadAt(int fd, std::span<std::byte> buffer,
+                             std::uint64_t offset);
+StatusOr<std::size_t> WriteAt(int fd, std::span<const std::byte> buffer,
+                              std::uint64_t offset);
 
 }  // namespace rpa::runtime

@@ -48,7 +48,8 @@ class JoinHandle {
 
   JoinHandle() = default;
   explicit JoinHandle(internal::TaskWithResult<T>* task) : task_(task) {}
-  JoinHandle(JoinHandle&& other) noexcept : task_(std::exchange(other.task_, nullptr)) {}
+  JoinHandle(JoinHandle&& other) noexcept
+      : task_(std::exchange(other.task_, nullptr)) {}
   JoinHandle& operator=(JoinHandle&& other) noexcept {
     if (this != &other) {
       Reset();

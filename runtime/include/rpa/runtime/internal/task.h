@@ -41,13 +41,16 @@ class TaskBase {
       // Keep the waiters bit: a joiner may already be parked on a task that
       // has not started.
       if (state_.compare_exchange_weak(state, (state & ~kStateMask) | kRunning,
-                                       std::memory_order_acquire, std::memory_order_relaxed)) {
+                                       std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
         return true;
       }
     }
     return false;
   }
-  bool done() const { return (state_.load(std::memory_order_acquire) & kStateMask) == kDone; }
+  bool done() const {
+    return (state_.load(std::memory_order_acquire) & kStateMask) == kDone;
+  }
 
   // Runs the claimed closure on the caller's stack, converting a thrown
   // exception into Internal("task threw: ..."), then completes the task.
@@ -70,8 +73,8 @@ class TaskBase {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
-  TaskBase* next = nullptr;           // link in the foreign-submission stack
-  ExecutorImpl* executor = nullptr;   // set by Submit
+  TaskBase* next = nullptr;          // link in the foreign-submission stack
+  ExecutorImpl* executor = nullptr;  // set by Submit
   // While running: the task this fiber ran before it (inline joins nest),
   // and whether the runner holds the queue's reference (Shutdown uses both).
   TaskBase* outer = nullptr;
@@ -87,7 +90,8 @@ class TaskBase {
   static constexpr std::uint32_t kRunning = 1;
   static constexpr std::uint32_t kDone = 2;
   static constexpr std::uint32_t kStateMask = 3;
-  static constexpr std::uint32_t kWaitersBit = 4;  // a joiner is (about to be) parked
+  static constexpr std::uint32_t kWaitersBit =
+      4;  // a joiner is (about to be) parked
 
   void Complete();
 
@@ -129,7 +133,8 @@ class TaskWithResult : public TaskBase {
 };
 
 inline Status ThrownError(const std::exception* e) {
-  return InternalError(std::string("task threw: ") + (e != nullptr ? e->what() : "unknown exception"));
+  return InternalError(std::string("task threw: ") +
+                       (e != nullptr ? e->what() : "unknown exception"));
 }
 
 template <typename F, typename R>
