@@ -342,6 +342,7 @@ ExecutorStats ExecutorImpl::Stats() const {
     stats.fibers += worker->fibers.Get();
     stats.blocked_fibers += worker->blocked.Get();
     stats.parks += worker->parks.Get();
+    stats.queued_tasks += worker->queued_hint();
   }
   return stats;
 }

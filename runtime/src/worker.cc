@@ -162,10 +162,27 @@ Fiber* Worker::NextReady() {
   return ready_.PopFront();
 }
 
+// The next task to run, claimed. Stale entries (tasks a joiner claimed and
+// ran inline while they were still queued) are dropped on the way, releasing
+// the queue's reference: they are not work, so they do not use up the turn
+// the loop gives tasks before it goes back to the ready fibers. Otherwise a
+// fiber that spawns a batch, yields and joins the batch inline would leave
+// stale entries faster than one-per-turn pops them.
 TaskBase* Worker::NextTask() {
   ready_streak_ = 0;
   // Foreign submissions get a turn even when the local queue never empties.
-  if (tick_ % 61 == 0) {
+  bool inject_turn = tick_ % 61 == 0;
+  for (;;) {
+    TaskBase* task = NextEntry(inject_turn);
+    if (task == nullptr || task->TryClaim()) return task;
+    task->Unref();  // stale: its joiner ran it
+    inject_turn = false;
+  }
+}
+
+// The next queue entry, stale or not: slot/queue, inject stack, steal.
+TaskBase* Worker::NextEntry(bool inject_turn) {
+  if (inject_turn) {
     if (TaskBase* task = TakeFromInjectQueue()) return task;
   }
   if (slot_.load(std::memory_order_relaxed) != nullptr) {
@@ -215,11 +232,8 @@ TaskBase* Worker::Steal() {
   return nullptr;
 }
 
+// `task` was claimed by NextTask.
 void Worker::RunTask(TaskBase* task) {
-  if (!task->TryClaim()) {  // a joiner ran it inline; this was a stale entry
-    task->Unref();
-    return;
-  }
   Fiber* self = current_;
   task->outer = self->task;
   task->runner_holds_ref = true;
@@ -362,9 +376,16 @@ bool Worker::FindWorkWhileSpinning() {
     TaskBase* task = TakeFromInjectQueue();
     if (task == nullptr) task = Steal();
     if (task != nullptr) {
-      queue_.Push(task);
-      found = true;
-      break;
+      if (!task->claimed()) {
+        queue_.Push(task);
+        found = true;
+        break;
+      }
+      task->Unref();               // a stale entry is not work
+      if (!queue_.empty_hint()) {  // the rest of an injected batch is
+        found = true;
+        break;
+      }
     }
     if (executor_->stopping()) break;
     if (i % 16 == 0 && Clock::now() >= deadline) break;

@@ -149,6 +149,11 @@ class Worker {
     return queue_.empty_hint() &&
            slot_.load(std::memory_order_seq_cst) == nullptr;
   }
+  // Racy count of the queue's and the slot's entries (exact when quiescent).
+  std::size_t queued_hint() const {
+    return queue_.size_hint() +
+           (slot_.load(std::memory_order_relaxed) != nullptr ? 1 : 0);
+  }
   bool inbox_empty() const { return inbox_.empty(); }
   bool quiescent() const { return quiescent_.load(std::memory_order_seq_cst); }
   std::uint64_t epoch() const { return epoch_.load(std::memory_order_seq_cst); }
@@ -176,6 +181,7 @@ class Worker {
   void Loop();
   Fiber* NextReady();
   TaskBase* NextTask();
+  TaskBase* NextEntry(bool inject_turn);
   TaskBase* TakeFromInjectQueue();
   TaskBase* Steal();
   void RunTask(TaskBase* task);

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -109,6 +111,31 @@ TEST_P(SpawnTest, SpawnOrderIsStartOrderOnOneWorker) {
   ASSERT_EQ(order.size(), 100u);
   for (int i = 0; i < 100; ++i)
     EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
+}
+
+// Regression: tasks joined inline (help-first) while still in the run queue
+// leave stale entries there. They must not count as work for the loop's
+// "one task, then back to the ready fibers" budget, or a task that spawns a
+// batch, yields and joins the batch piles them up without bound (each holds
+// its task object): the queue must stay bounded by about one batch.
+TEST_P(SpawnTest, StaleQueueEntriesOfInlineJoinsDoNotAccumulate) {
+  Executor& ex = Make();
+  constexpr int kBatch = 64;
+  constexpr int kRounds = 300;
+  std::uint64_t max_queued = 0;
+  auto parent = ex.Spawn([&] {
+    Executor* self = Executor::Current();
+    std::vector<JoinHandle<void>> handles(kBatch);
+    for (int round = 0; round < kRounds; ++round) {
+      for (JoinHandle<void>& handle : handles) handle = self->Spawn([] {});
+      this_fiber::Yield();
+      for (JoinHandle<void>& handle : handles) EXPECT_TRUE(handle.Join().ok());
+      max_queued = std::max(max_queued, self->Stats().queued_tasks);
+    }
+  });
+  ASSERT_TRUE(parent.Join().ok());
+  EXPECT_LE(max_queued, std::uint64_t{2 * kBatch})
+      << "stale run-queue entries accumulate";
 }
 
 TEST_P(SpawnTest, ForeignThreadsSpawnAndJoin) {

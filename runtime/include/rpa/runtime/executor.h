@@ -92,6 +92,9 @@ struct ExecutorStats {
   std::uint64_t fibers = 0;  // fibers (with stacks) currently owned by workers
   std::uint64_t blocked_fibers = 0;  // fibers suspended in a task right now
   std::uint64_t parks = 0;           // times a worker went to sleep
+  // Entries in the workers' run queues and slots right now, stale ones (tasks
+  // a joiner already ran inline) included: each holds a task object alive.
+  std::uint64_t queued_tasks = 0;
 };
 
 namespace internal {

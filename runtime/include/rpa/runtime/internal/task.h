@@ -48,6 +48,11 @@ class TaskBase {
     }
     return false;
   }
+  // Claimed by a runner (running or done): a queue entry for it is stale.
+  // The caller must hold a reference.
+  bool claimed() const {
+    return (state_.load(std::memory_order_acquire) & kStateMask) != kPending;
+  }
   bool done() const {
     return (state_.load(std::memory_order_acquire) & kStateMask) == kDone;
   }
