@@ -43,6 +43,7 @@
 #include "rpa/runtime/channel.h"
 #include "rpa/runtime/check.h"
 #include "rpa/runtime/executor.h"
+#include "rpa/runtime/internal/spin_lock.h"
 #include "rpa/runtime/join_handle.h"
 #include "rpa/runtime/status.h"
 #include "rpa/runtime/this_fiber.h"
@@ -58,13 +59,7 @@ std::int64_t NowNs() {
       .count();
 }
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
+using ::rpa::runtime::internal::CpuRelax;
 
 // Wall-clock nanoseconds from construction; the benchmark's own timer is not
 // used for the counters because several loops run on a worker thread.
