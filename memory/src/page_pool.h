@@ -569,7 +569,7 @@ class PagePool {
 
   void Poison(std::uint32_t page) const noexcept {
 #if RPA_HAS_ASAN
-    ForEachPlane(page,
+    ForEachPlane(page, 1,
                  [](std::byte* p, std::size_t n) { RPA_ASAN_POISON(p, n); });
 #else
     (void)page;
@@ -577,19 +577,22 @@ class PagePool {
   }
   void Unpoison(std::uint32_t page) const noexcept {
 #if RPA_HAS_ASAN
-    ForEachPlane(page,
+    ForEachPlane(page, 1,
                  [](std::byte* p, std::size_t n) { RPA_ASAN_UNPOISON(p, n); });
 #else
     (void)page;
 #endif
   }
+  // fn(address, bytes) for pages [first_page, first_page + num_pages) in
+  // every plane.
   template <typename Fn>
-  void ForEachPlane(std::uint32_t page, Fn&& fn) const noexcept {
+  void ForEachPlane(std::uint32_t first_page, std::uint32_t num_pages,
+                    Fn&& fn) const noexcept {
     if (memory_.base == nullptr) return;
     for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
       fn(memory_.base + plane * memory_.plane_stride_bytes +
-             page * memory_.page_bytes,
-         memory_.page_bytes);
+             first_page * memory_.page_bytes,
+         std::size_t{num_pages} * memory_.page_bytes);
     }
   }
 

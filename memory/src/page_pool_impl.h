@@ -68,12 +68,8 @@ PagePool<Atom>::PagePool(const PageAllocatorOptions& options)
       head_(PackHead(0, 0)) {
   id_ = LivePools::Register();  // last: nothing else can throw after it
 #if RPA_HAS_ASAN
-  if (memory_.base != nullptr) {
-    for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
-      RPA_ASAN_POISON(memory_.base + plane * memory_.plane_stride_bytes,
-                      std::size_t{num_pages_} * memory_.page_bytes);
-    }
-  }
+  ForEachPlane(0, num_pages_,
+               [](std::byte* p, std::size_t n) { RPA_ASAN_POISON(p, n); });
 #endif
 }
 
@@ -84,12 +80,8 @@ PagePool<Atom>::~PagePool() {
   LivePools::Unregister(id_);
 #if RPA_HAS_ASAN
   // The page memory belongs to the caller and outlives us: leave it usable.
-  if (memory_.base != nullptr) {
-    for (std::uint32_t plane = 0; plane < memory_.num_planes; ++plane) {
-      RPA_ASAN_UNPOISON(memory_.base + plane * memory_.plane_stride_bytes,
-                        std::size_t{num_pages_} * memory_.page_bytes);
-    }
-  }
+  ForEachPlane(0, num_pages_,
+               [](std::byte* p, std::size_t n) { RPA_ASAN_UNPOISON(p, n); });
 #endif
 }
 

@@ -176,7 +176,7 @@ TEST(KvCacheTest, ForkBeyondTheMetadataBudgetChangesNothing) {
 }
 
 // ---------------------------------------------------------------------------
-// FreeSequence, ids, limits
+// FreeSequence of shared pages
 
 TEST(KvCacheTest, PagesReturnWithTheLastReference) {
   auto cache = MustCreate(SmallConfig());

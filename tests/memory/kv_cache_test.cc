@@ -294,7 +294,7 @@ TEST(KvCacheTest, ExhaustedReserveChangesNothing) {
 }
 
 // ---------------------------------------------------------------------------
-// Fork and copy-on-write
+// Ids and limits
 
 TEST(KvCacheTest, StaleAndUnknownIdsAreNotFound) {
   auto cache = MustCreate(SmallConfig());
