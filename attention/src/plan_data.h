@@ -1,0 +1,95 @@
+#pragma once
+
+// What AttentionPlan holds: the validated batch (ValidateBatch's output) and
+// the work items Run executes. Private to attention/.
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "rpa/attention/batch.h"
+#include "rpa/attention/cost.h"
+#include "rpa/attention/plan.h"
+#include "rpa/memory/storage_type.h"
+
+namespace rpa::attention::internal {
+
+// The parameters with the SPEC's defaults applied.
+struct ResolvedParams {
+  float score_scale = 1.0F;  // sm_scale * k_scale
+  float v_scale = 1.0F;
+  float soft_cap = 0.0F;            // 0 = none
+  std::int32_t sliding_window = 0;  // 0 = none
+  bool causal = true;
+};
+
+// One processed sequence (index i < d2) after validation.
+struct SequenceSpan {
+  std::int32_t q_begin = 0;  // its first row in q / k / v / out: cu_q_lens[i]
+  std::int32_t q_len = 0;
+  std::int32_t kv_len = 0;    // including the new tokens
+  std::int32_t page_row = 0;  // i * pages_per_sequence: its page-table row
+  KernelKind kernel = KernelKind::kMixed;
+  std::uint8_t range = 0;  // 0 decode, 1 prefill, 2 mixed (distribution)
+};
+
+// The cache geometry the plan was made for (Run checks the tensors' cache).
+struct CacheGeometry {
+  std::uint32_t num_pages = 0;
+  std::uint32_t page_size_tokens = 0;
+  std::uint32_t num_combined_heads = 0;
+  std::uint32_t head_dim = 0;
+  memory::StorageType storage = memory::StorageType::kF32;
+};
+
+struct ValidatedBatch {
+  BatchShape shape;
+  CacheGeometry cache;
+  std::uint32_t pages_per_sequence = 0;
+  std::array<std::int32_t, 3> distribution{};
+  std::int32_t num_used_tokens = 0;  // cu_q_lens[d2]
+  std::uint32_t group_size = 0;      // Hq / Hkv
+  ResolvedParams params;
+  std::vector<std::int32_t> page_indices;  // the caller's table, copied
+  std::vector<SequenceSpan> sequences;     // [d2]
+  std::array<BatchCost, 3> range_cost{};
+  BatchCost cost;
+};
+
+// A unit of work: one sequence, one kv head (all group_size query heads
+// that use it), a range of its query rows and a range of key positions.
+struct WorkItem {
+  std::uint32_t sequence = 0;  // index into ValidatedBatch::sequences
+  std::uint32_t kv_head = 0;
+  std::int32_t q_begin = 0;  // query rows of the sequence, within [0, q_len)
+  std::int32_t q_end = 0;
+  // Key positions this item covers, within [0, kv_len); each query still
+  // sees only its visible keys inside this range. The whole range unless a
+  // decode sequence's KV was split.
+  std::int32_t kv_begin = 0;
+  std::int32_t kv_end = 0;
+  // -1: the item writes its rows of out. >= 0: the item writes unnormalised
+  // partial softmax states into partial slot `partial` (see
+  // building_blocks.h PartialState) and a merge writes out.
+  std::int32_t partial = -1;
+  KernelKind kernel = KernelKind::kMixed;
+  double cost_flops = 0;  // estimate, for ordering (largest first)
+};
+
+struct PlanData {
+  ValidatedBatch batch;
+  PlanOptions options;
+  std::vector<WorkItem> items;  // largest first
+  // Partial slots of split sequences: for each (sequence, kv head), the
+  // consecutive slots its splits write.
+  struct MergeGroup {
+    std::uint32_t sequence = 0;
+    std::uint32_t kv_head = 0;
+    std::int32_t first_partial = 0;
+    std::int32_t num_partials = 0;
+  };
+  std::vector<MergeGroup> merges;
+  std::int32_t num_partials = 0;
+};
+
+}  // namespace rpa::attention::internal
