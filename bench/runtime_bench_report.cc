@@ -174,6 +174,18 @@ std::string Summary(const SummaryReporter& r) {
       "< 5 %", verdict(best(kOverhead2, "overhead_pct"), 5, "%"));
   row("Executor overhead, 1 us tasks on 1 worker (diagnostic)",
       overhead(kOverhead1), "1 plain thread", "reported", "-");
+  constexpr const char* kWaitGroup2 =
+      "BM_Executor_Overhead1usWaitGroup/workers:2";
+  row("Executor overhead, 1 us detached tasks + WaitGroup on 2 workers",
+      overhead(kWaitGroup2),
+      "2 plain threads (work " +
+          Format(best(kWaitGroup2, "work_ns_per_task"), "ns") + " per task)",
+      "< 5 % (same target, second pattern)",
+      verdict(best(kWaitGroup2, "overhead_pct"), 5, "%"));
+  row("Executor overhead, 1 us detached tasks + WaitGroup on 1 worker "
+      "(diagnostic)",
+      overhead("BM_Executor_Overhead1usWaitGroup/workers:1"), "1 plain thread",
+      "reported", "-");
   row("io_uring NOP, one per submit (baseline only)", "-",
       Format(best("BM_IoUring_Nop", "ns_per_nop"), "ns"), "-", "-");
   row("io_uring NOP, 32 per submit (baseline only)", "-",

@@ -57,7 +57,8 @@ void LoadKvTile(const memory::KvLayerView& cache, const std::int32_t* pages,
                 std::int32_t end, float* tile, std::size_t row_stride);
 
 // scores[i] = cap(scores[i] * scale) for i < n; cap(x) = soft_cap *
-// tanh(x / soft_cap), skipped when soft_cap == 0.
+// tanh(x / soft_cap), skipped when soft_cap == 0. Entries that are -inf
+// (already masked) stay -inf.
 void ScaleAndCapScores(float* scores, std::size_t n, float scale,
                        float soft_cap);
 
@@ -87,5 +88,14 @@ float OnlineSoftmaxUpdate(SoftmaxRow* row, float* scores, std::size_t n);
 void MergePartialRows(const float* partials, std::size_t count,
                       std::size_t stride, std::uint32_t head_dim, float v_scale,
                       float* out);
+
+// Small vector helpers (added for the decode kernel; C: free to use them in
+// the flash kernel). AVX2/FMA when built for it, plain loops otherwise.
+// sum_i a[i] * b[i].
+float Dot(const float* a, const float* b, std::size_t n);
+// y[i] += alpha * x[i].
+void Axpy(float alpha, const float* x, float* y, std::size_t n);
+// values[i] *= factor.
+void ScaleInPlace(float* values, std::size_t n, float factor);
 
 }  // namespace rpa::attention::internal

@@ -56,11 +56,14 @@ struct ValidatedBatch {
   BatchCost cost;
 };
 
-// A unit of work: one sequence, one kv head (all group_size query heads
-// that use it), a range of its query rows and a range of key positions.
+// A unit of work: one sequence, kv heads [kv_head, kv_head + num_kv_heads)
+// (all group_size query heads of each), a range of its query rows and a
+// range of key positions. Flash items have one kv head; decode items cover
+// several (usually all), so that they stream each page's tokens whole.
 struct WorkItem {
   std::uint32_t sequence = 0;  // index into ValidatedBatch::sequences
   std::uint32_t kv_head = 0;
+  std::uint32_t num_kv_heads = 1;
   std::int32_t q_begin = 0;  // query rows of the sequence, within [0, q_len)
   std::int32_t q_end = 0;
   // Key positions this item covers, within [0, kv_len); each query still
@@ -69,9 +72,12 @@ struct WorkItem {
   std::int32_t kv_begin = 0;
   std::int32_t kv_end = 0;
   // -1: the item writes its rows of out. >= 0: the item writes unnormalised
-  // partial softmax states into partial slot `partial` (see
-  // building_blocks.h PartialState) and a merge writes out.
+  // partial softmax states (see building_blocks.h MergePartialRows) into
+  // partial slot `partial` for kv head `kv_head`, and into slot
+  // partial + i * partial_head_stride for kv head kv_head + i; a merge
+  // writes out.
   std::int32_t partial = -1;
+  std::int32_t partial_head_stride = 0;
   KernelKind kernel = KernelKind::kMixed;
   double cost_flops = 0;  // estimate, for ordering (largest first)
 };

@@ -113,7 +113,7 @@ void ConvertToStorage(std::span<const float> in, StorageType type,
   const std::size_t n = in.size();
   switch (type) {
     case StorageType::kF32:
-      std::memcpy(out, in.data(), n * sizeof(float));
+      if (n != 0) std::memcpy(out, in.data(), n * sizeof(float));
       return;
     case StorageType::kF16: {
       std::size_t i = 0;
@@ -144,7 +144,7 @@ void ConvertFromStorage(const std::byte* in, StorageType type,
   const std::size_t n = out.size();
   switch (type) {
     case StorageType::kF32:
-      std::memcpy(out.data(), in, n * sizeof(float));
+      if (n != 0) std::memcpy(out.data(), in, n * sizeof(float));
       return;
     case StorageType::kF16: {
       std::size_t i = 0;

@@ -55,20 +55,23 @@ Executor* Executor::Current() {
 }
 
 namespace internal {
-
 Status JoinTask(TaskBase* task) {
   if (task->done()) return OkStatus();
   Worker* worker = Worker::Current();
   if (worker != nullptr && worker->in_fiber()) {
-    // Help-first: a task nobody started runs right here, on our stack.
+    // Help-first: a task that has not started runs right here, on our stack.
     if (task->executor == worker->executor()) {
-      if (worker->TakeFromSlot(task)) {  // just spawned here: claim is certain
-        RPA_CHECK(task->TryClaim());
-        worker->RunInline(task, /*holds_queue_ref=*/true);
+      // Its entry is this worker's newest or oldest: take it back, leaving
+      // nothing behind.
+      if (worker->TakeFromSlot(task) || worker->TakeIfOldest(task)) {
+        worker->RunInline(task, /*with_entry=*/true);
         return OkStatus();
       }
-      if (task->TryClaim()) {  // still queued somewhere: leaves a stale entry
-        worker->RunInline(task, /*holds_queue_ref=*/false);
+      // Spawned here and still queued (or stolen, not yet started): claim
+      // it; its entry goes stale. Only the home worker's joiners claim out of
+      // queue, which is what lets its loop start tasks without an RMW.
+      if (task->home == worker && task->TryStart()) {
+        worker->RunInline(task, /*with_entry=*/false);
         return OkStatus();
       }
     }
@@ -89,28 +92,64 @@ Status JoinTask(TaskBase* task) {
 // ---- TaskBase
 // -----------------------------------------------------------------------
 
+void* TaskBase::operator new(std::size_t bytes) {
+  const std::size_t task_class = TaskClassOf(bytes);
+  if (task_class == kNumTaskClasses) return ::operator new(bytes);
+  if (Worker* worker = Worker::Current())
+    return worker->task_cache().Allocate(task_class);
+  return ::operator new(TaskClassBytes(task_class));
+}
+
+void TaskBase::operator delete(void* block, std::size_t bytes) noexcept {
+  const std::size_t task_class = TaskClassOf(bytes);
+  if (task_class == kNumTaskClasses) {
+    ::operator delete(block);
+  } else if (Worker* worker = Worker::Current()) {
+    worker->task_cache().Free(task_class, block);
+  } else {
+    ::operator delete(block);
+  }
+}
+
 void TaskBase::WaitDone() {
   lock_.lock();
-  std::uint32_t state = state_.load(std::memory_order_acquire);
-  while ((state & kStateMask) != kDone) {
-    // The waiters bit tells Complete() to take the lock and wake us; set under
-    // the lock, so Complete() finds us queued.
-    if ((state & kWaitersBit) != 0 ||
-        state_.compare_exchange_weak(state, state | kWaitersBit,
+  std::uint32_t word = state_.load(std::memory_order_acquire);
+  while ((word & kDoneBit) == 0) {
+    // The waiters bit tells CompleteAndRelease() to take the lock and wake
+    // us; set under the lock, so it finds us queued.
+    if ((word & kWaitersBit) != 0 ||
+        state_.compare_exchange_weak(word, word | kWaitersBit,
                                      std::memory_order_acq_rel,
                                      std::memory_order_acquire)) {
       Waiter self;
       Wait(self, waiters_, lock_);
-      return;  // only Complete() wakes us
+      return;  // only CompleteAndRelease() wakes us
     }
   }
   lock_.unlock();
 }
 
+void TaskBase::CompleteAndRelease() {
+  // Unsigned: adds the done bit and subtracts one reference.
+  const std::uint32_t before =
+      state_.fetch_add(kDoneBit - kOneRef, std::memory_order_acq_rel);
+  if ((before & kWaitersBit) != 0) {
+    // The waiter holds the handle's reference, so the task outlives this.
+    WakeWaiters();
+  } else if (before / kOneRef == 1) {
+    delete this;  // detached: ours was the last reference
+  }
+}
+
 void TaskBase::Complete() {
   const std::uint32_t before =
-      state_.exchange(kDone, std::memory_order_acq_rel);
-  if ((before & kWaitersBit) == 0) return;
+      state_.fetch_or(kDoneBit, std::memory_order_acq_rel);
+  if ((before & kWaitersBit) != 0) WakeWaiters();
+}
+
+// Wait() returns only after we released the lock, so the waiter (and the
+// task, which it keeps alive) outlives this.
+void TaskBase::WakeWaiters() {
   SpinLockGuard guard(lock_);
   while (Waiter* waiter = waiters_.PopFront()) Wake(*waiter);
 }

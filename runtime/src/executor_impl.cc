@@ -103,9 +103,8 @@ ExecutorImpl::~ExecutorImpl() {
 // ------------------------------------------------------------------
 
 void ExecutorImpl::RejectTask(TaskBase* task, const char* why) {
-  RPA_CHECK(task->TryClaim());
-  task->FailClaimed(FailedPreconditionError(why));
-  task->Unref();
+  RPA_CHECK(task->TryStart());
+  task->Fail(FailedPreconditionError(why), /*release=*/true);
   failed_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -113,9 +112,10 @@ void ExecutorImpl::Submit(TaskBase* task) {
   task->executor = this;
   Worker* current = Worker::Current();
   if (current != nullptr && current->executor() == this) {
+    task->home = current;
     current->spawned.Add();
     current->Push(task);
-    if (num_workers() > 1) NotifyOne();
+    if (num_workers() > 1) NotifyAfterLocalPush();
     return;
   }
   // A foreign thread (or another executor's fiber). The submitter count and
@@ -303,13 +303,15 @@ Status ExecutorImpl::Shutdown() {
   }
   for (const auto& worker : workers_) {
     while (TaskBase* task = worker->TakeLeftoverTask()) {
-      if (task->TryClaim()) {
-        task->FailClaimed(FailedPreconditionError(
-            "the executor shut down before the task ran"));
+      if (task->TryStart()) {
+        task->Fail(FailedPreconditionError(
+                       "the executor shut down before the task ran"),
+                   /*release=*/true);
         failed_.fetch_add(1, std::memory_order_relaxed);
         ++never_ran;
+      } else {
+        task->Unref();  // stale: its joiner ran it
       }
-      task->Unref();
     }
   }
   std::uint64_t blocked = 0;

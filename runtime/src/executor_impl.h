@@ -45,6 +45,7 @@ class ExecutorImpl {
   }
   int num_worker_objects() const { return static_cast<int>(workers_.size()); }
   StackPool& stacks() { return stacks_; }
+  TaskBlockPool& task_pool() { return task_pool_; }
   BlockingPool* blocking_pool() const { return blocking_.get(); }
 
   // Tasks submitted from outside the executor's fibers, oldest first.
@@ -57,6 +58,19 @@ class ExecutorImpl {
   bool TryStartSpinning();
   void StopSpinning(bool found_work);
   void NotifyOne();  // after a push: wake a sleeper unless someone spins
+  // After a push to the calling worker's own queue. That worker runs the
+  // task if nobody steals it, so the wake-up only buys parallelism: the
+  // common cases (nobody parked, or somebody already looking) cost two plain
+  // loads instead of the Dekker fence. A worker that parks in the same few
+  // nanoseconds may miss this push; the pusher's next maintenance round
+  // (every 32 ticks, and before it parks) wakes it if work is still queued.
+  void NotifyAfterLocalPush() {
+    if (num_sleeping_.load(std::memory_order_relaxed) == 0 ||
+        num_spinning_.load(std::memory_order_relaxed) > 0) {
+      return;
+    }
+    NotifyOne();
+  }
   void AddSleeper(Worker* worker);
   void RemoveSleeper(Worker* worker);
 
@@ -75,6 +89,7 @@ class ExecutorImpl {
   Executor* const owner_;
   const IoBackend backend_;
   StackPool stacks_;
+  TaskBlockPool task_pool_;  // outlives the workers' caches
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
   std::unique_ptr<BlockingPool> blocking_;

@@ -16,6 +16,10 @@
 //                       new array, publishes it (release) before bottom.
 //   Take (any thread):  t = top (acquire); b = bottom (acquire); t < b ?
 //                       read slot[t] from the current array, CAS top t -> t+1.
+//   StealHalf (thief):  the same with n = ceil((b - t) / 2) items: copy them
+//                       into the thief's own queue (unpublished), CAS top
+//                       t -> t+n, publish. Sound only because every taker
+//                       advances top by CAS (see StealHalf).
 //
 // Why a taker that wins the CAS read a valid item: while top <= t the owner
 // never writes physical slot t mod size again (it grows instead of writing
@@ -24,11 +28,14 @@
 // arrays are kept until the queue dies (thieves may still read them); they
 // total less than the live array.
 //
-// Thread-safety: Push by the owner only; Take and the size hint from any
-// thread. Memory ordering: Push's item is visible to the Take that returns it
-// (slot write -> release store of bottom -> acquire load of bottom -> slot
-// read).
+// Thread-safety: Push by the owner only; Take, TakeIfOldest and the size hint
+// from any thread; StealHalf from any thread that owns `dst`. Memory ordering:
+// Push's item is visible to the Take (or StealHalf) that returns it (slot
+// write -> release store of bottom -> acquire load of bottom -> slot read);
+// items a steal pushes to `dst` are published by dst's release store of its
+// bottom, as a Push's.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -55,10 +62,7 @@ class WorkQueue {
 
   void Push(T item) {
     const std::int64_t b = bottom_.load(std::memory_order_relaxed);
-    const std::int64_t t = top_.load(std::memory_order_acquire);
-    Array* array = array_.load(std::memory_order_relaxed);
-    if (b - t >= static_cast<std::int64_t>(array->capacity) - 1)
-      array = Grow(array, t, b);
+    Array* array = Reserve(b, 1);
     array->Put(b, item);
     bottom_.store(b + 1, std::memory_order_release);
   }
@@ -75,6 +79,56 @@ class WorkQueue {
       if (top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
                                        std::memory_order_relaxed)) {
         return item;
+      }
+    }
+  }
+
+  // Takes `item` if it is the oldest item (a joiner taking back the task it
+  // waits for, so that no stale entry is left behind). Any thread.
+  bool TakeIfOldest(T item) {
+    std::int64_t t = top_.load(std::memory_order_acquire);
+    const std::int64_t b = bottom_.load(std::memory_order_acquire);
+    if (t >= b) return false;
+    Array* array = array_.load(std::memory_order_acquire);
+    if (array->Get(t) != item) return false;
+    return top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed);
+  }
+
+  // Steals half of the items (rounded up, at most `max_items`) in one CAS of
+  // `top`: the oldest is returned, the others are pushed to `dst`, which must
+  // be owned by the caller (Go's runqgrab). nullptr when empty; `*stolen` is
+  // the number of items taken.
+  //
+  // The items are copied into dst's free slots before the CAS (unpublished:
+  // dst's bottom moves only after it succeeds), from the slots [t, t + n)
+  // that the CAS then claims; a lost race retries and overwrites the copies.
+  // Valid for the same reason as Take: while top <= t the owner writes no
+  // slot of [t, t + n) and retired arrays are never written. And n may come
+  // from a stale bottom only because nobody removes items at the bottom:
+  // with Chase-Lev's CAS-free owner pop, items the owner popped after we read
+  // bottom could fall inside [t, t + n) (crossbeam's LIFO deque steals its
+  // batches one CAS per item for this reason).
+  T StealHalf(WorkQueue& dst, std::size_t max_items, std::size_t* stolen) {
+    *stolen = 0;
+    for (;;) {
+      std::int64_t t = top_.load(std::memory_order_acquire);
+      const std::int64_t b = bottom_.load(std::memory_order_acquire);
+      if (t >= b) return nullptr;
+      std::int64_t n = b - t;
+      n -= n / 2;
+      n = std::min(n, static_cast<std::int64_t>(max_items));
+      Array* array = array_.load(std::memory_order_acquire);
+      const std::int64_t db = dst.bottom_.load(std::memory_order_relaxed);
+      Array* dst_array = dst.Reserve(db, n - 1);
+      for (std::int64_t i = 1; i < n; ++i)
+        dst_array->Put(db + i - 1, array->Get(t + i));
+      T oldest = array->Get(t);
+      if (top_.compare_exchange_strong(t, t + n, std::memory_order_seq_cst,
+                                       std::memory_order_relaxed)) {
+        if (n > 1) dst.bottom_.store(db + n - 1, std::memory_order_release);
+        *stolen = static_cast<std::size_t>(n);
+        return oldest;
       }
     }
   }
@@ -103,6 +157,16 @@ class WorkQueue {
     const std::size_t mask;
     std::unique_ptr<Atom<T>[]> slots;
   };
+
+  // Owner: the live array, grown if needed so that the slots [b, b + n) can
+  // be written without overwriting one that a taker may still read.
+  Array* Reserve(std::int64_t b, std::int64_t n) {
+    Array* array = array_.load(std::memory_order_relaxed);
+    const std::int64_t t = top_.load(std::memory_order_acquire);
+    while (b + n - t > static_cast<std::int64_t>(array->capacity) - 1)
+      array = Grow(array, t, b);
+    return array;
+  }
 
   Array* Grow(Array* old, std::int64_t t, std::int64_t b) {
     auto bigger = std::make_unique<Array>(old->capacity * 2);

@@ -13,6 +13,7 @@ namespace rpa::runtime::internal {
 Worker::Worker(ExecutorImpl* executor, int index)
     : executor_(executor),
       index_(index),
+      task_cache_(&executor->task_pool()),
       rng_(std::uint64_t{0x9e3779b97f4a7c15} *
            static_cast<std::uint64_t>(index + 1)) {}
 
@@ -162,19 +163,22 @@ Fiber* Worker::NextReady() {
   return ready_.PopFront();
 }
 
-// The next task to run, claimed. Stale entries (tasks a joiner claimed and
-// ran inline while they were still queued) are dropped on the way, releasing
-// the queue's reference: they are not work, so they do not use up the turn
-// the loop gives tasks before it goes back to the ready fibers. Otherwise a
-// fiber that spawns a batch, yields and joins the batch inline would leave
-// stale entries faster than one-per-turn pops them.
+// The next task to run, started. Stale entries (tasks their joiner claimed
+// and ran inline while they were still queued) are dropped on the way,
+// releasing the entry's reference: they are not work, so they do not use up
+// the turn the loop gives tasks before it goes back to the ready fibers.
+// Otherwise a fiber that spawns a batch, yields and joins the batch inline
+// would leave stale entries faster than one-per-turn pops them.
 TaskBase* Worker::NextTask() {
   ready_streak_ = 0;
   // Foreign submissions get a turn even when the local queue never empties.
   bool inject_turn = tick_ % 61 == 0;
   for (;;) {
     TaskBase* task = NextEntry(inject_turn);
-    if (task == nullptr || task->TryClaim()) return task;
+    if (task == nullptr) return nullptr;
+    // Spawned here: the only other claimer is its joiner, on this thread.
+    if (task->home == this ? task->TryStartOnHomeThread() : task->TryStart())
+      return task;
     task->Unref();  // stale: its joiner ran it
     inject_turn = false;
   }
@@ -224,41 +228,49 @@ TaskBase* Worker::Steal() {
   for (int i = 0; i < n; ++i) {
     const int victim = (start + i) % n;
     if (victim == index_) continue;
-    if (TaskBase* task = executor_->worker(victim)->StealOne()) {
-      steals.Add();
+    std::size_t stolen = 0;
+    if (TaskBase* task = executor_->worker(victim)->StealInto(this, &stolen)) {
+      steals.Add(stolen);
       return task;
     }
   }
   return nullptr;
 }
 
-// `task` was claimed by NextTask.
+// `task` was started by NextTask.
 void Worker::RunTask(TaskBase* task) {
   Fiber* self = current_;
-  task->outer = self->task;
+  TaskBase* outer = self->task;
+  task->outer = outer;
   task->runner_holds_ref = true;
   self->task = task;
-  task->RunClaimed();
+  task->Run();  // drops the entry's reference: `task` may be gone
   // Same fiber, same worker: a started task never migrates.
-  self->task = task->outer;
+  self->task = outer;
   completed.Add();
-  task->Unref();
 }
 
-void Worker::RunInline(TaskBase* task, bool holds_queue_ref) {
+void Worker::RunInline(TaskBase* task, bool with_entry) {
   Fiber* self = current_;
   task->outer = self->task;
-  task->runner_holds_ref = holds_queue_ref;
+  task->runner_holds_ref = with_entry;
   self->task = task;
-  task->RunClaimed();
+  if (with_entry) {
+    task->RunAsJoinerWithEntry();
+  } else {
+    task->RunAsJoinerWithoutEntry();
+  }
   self->task = task->outer;
   completed.Add();
-  if (holds_queue_ref) task->Unref();
 }
 
 bool Worker::Maintain() {
   bool progress = DrainInbox();
   if (reactor_->Poll()) progress = true;
+  // Repairs a wake-up that a local push missed (NotifyAfterLocalPush): our
+  // queue still has tasks and a worker sleeps while nobody looks.
+  if (executor_->num_workers() > 1 && !queue_.empty_hint())
+    executor_->NotifyAfterLocalPush();
   return progress;
 }
 
@@ -376,16 +388,9 @@ bool Worker::FindWorkWhileSpinning() {
     TaskBase* task = TakeFromInjectQueue();
     if (task == nullptr) task = Steal();
     if (task != nullptr) {
-      if (!task->claimed()) {
-        queue_.Push(task);
-        found = true;
-        break;
-      }
-      task->Unref();               // a stale entry is not work
-      if (!queue_.empty_hint()) {  // the rest of an injected batch is
-        found = true;
-        break;
-      }
+      queue_.Push(task);
+      found = true;
+      break;
     }
     if (executor_->stopping()) break;
     if (i % 16 == 0 && Clock::now() >= deadline) break;
@@ -500,10 +505,9 @@ std::uint64_t Worker::AbandonBlockedFibers() {
       }
       for (TaskBase* task = fiber->task; task != nullptr;) {
         TaskBase* outer = task->outer;
-        const bool holds_ref = task->runner_holds_ref;
-        task->FailClaimed(FailedPreconditionError(
-            "the executor shut down while the task was blocked"));
-        if (holds_ref) task->Unref();
+        task->Fail(FailedPreconditionError(
+                       "the executor shut down while the task was blocked"),
+                   /*release=*/task->runner_holds_ref);
         ++failed;
         task = outer;
       }

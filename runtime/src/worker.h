@@ -10,6 +10,7 @@
 
 #include "fiber.h"
 #include "reactor.h"
+#include "task_cache.h"
 #include "work_queue.h"
 
 #include "rpa/runtime/blocking.h"
@@ -93,6 +94,8 @@ class Worker {
   ExecutorImpl* executor() const { return executor_; }
   int index() const { return index_; }
   Reactor* reactor() const { return reactor_.get(); }
+  // Owner thread only.
+  TaskBlockCache& task_cache() { return task_cache_; }
   bool in_fiber() const {
     return current_ != nullptr && !current_->is_thread_context();
   }
@@ -113,9 +116,10 @@ class Worker {
   // Performs a reactor I/O operation (op->fiber is filled in). Returns the
   // CQE result.
   std::int32_t RunIo(ReactorOp* op);
-  // A joiner runs a claimed task inline; `holds_queue_ref` when it took the
-  // task out of the slot (the queue's reference is then its to drop).
-  void RunInline(TaskBase* task, bool holds_queue_ref);
+  // A joiner runs a task inline: `with_entry` when it took the task's queue
+  // entry back (the entry's reference is then its to drop), else it claimed
+  // the task with TryStart and the entry is left stale.
+  void RunInline(TaskBase* task, bool with_entry);
   void MakeReady(Fiber* fiber);  // reactor completions and local wakes
   void AddExternalPending() { ++external_pending_; }
   void RemoveExternalPending() { --external_pending_; }
@@ -138,6 +142,22 @@ class Worker {
            slot_.compare_exchange_strong(task, nullptr,
                                          std::memory_order_acquire,
                                          std::memory_order_relaxed);
+  }
+  // Any thread (a joiner): takes `task` out of the queue if it is the oldest
+  // entry, so that claiming it leaves no stale entry behind.
+  bool TakeIfOldest(TaskBase* task) { return queue_.TakeIfOldest(task); }
+  // Another worker's thread: half of the queue (at most kMaxStealBatch) moves
+  // to `thief`'s queue and its oldest task is returned; else the slot's task.
+  // `*stolen`: how many tasks were taken.
+  TaskBase* StealInto(Worker* thief, std::size_t* stolen) {
+    if (TaskBase* task =
+            queue_.StealHalf(thief->queue_, kMaxStealBatch, stolen)) {
+      return task;
+    }
+    if (slot_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    TaskBase* task = slot_.exchange(nullptr, std::memory_order_acquire);
+    *stolen = task != nullptr ? 1 : 0;
+    return task;
   }
   // Any thread: the oldest task, or the slot's.
   TaskBase* StealOne() {
@@ -199,6 +219,7 @@ class Worker {
   Fiber* TakeIdleFiber();
   void DestroyFiber(Fiber* fiber);
 
+  static constexpr std::size_t kMaxStealBatch = 128;
   static constexpr int kMaxReadyStreak = 16;
   static constexpr std::uint32_t kMaintainEvery = 32;
   static constexpr std::size_t kMaxIdleFibers = 16;
@@ -206,6 +227,7 @@ class Worker {
   ExecutorImpl* const executor_;
   const int index_;
   std::unique_ptr<Reactor> reactor_;
+  TaskBlockCache task_cache_;
 
   // Tokio's "LIFO slot", kept FIFO: a task spawned and joined right away
   // never enters the queue; the loop moves the slot's task behind the

@@ -89,6 +89,71 @@ TEST_P(SpawnTest, TasksInsideTasksAndHelpFirstJoin) {
   EXPECT_EQ(*root.Join(), 610);
 }
 
+// Regression: a join must run its task inline whenever it has not started,
+// wherever its entry sits in this worker's queue (here: behind the outer
+// levels' tasks), not only when it is the newest or the oldest entry. Waiting
+// instead lets the loop start the oldest (outermost) tasks, each of which
+// blocks in its own joins: fork-join recursion then holds thousands of
+// blocked fibers (and their stacks) at once and runs many times slower.
+TEST_P(SpawnTest, RecursiveForkJoinDoesNotPileUpBlockedFibers) {
+  Executor& ex = Make();
+  std::atomic<std::uint64_t> max_blocked{0};
+  struct Fib {
+    static int Run(Executor* ex, int n, std::atomic<std::uint64_t>* max) {
+      if (n < 2) {
+        const std::uint64_t blocked = ex->Stats().blocked_fibers;
+        std::uint64_t seen = max->load();
+        while (seen < blocked && !max->compare_exchange_weak(seen, blocked)) {
+        }
+        return n;
+      }
+      auto a = ex->Spawn([ex, n, max] { return Run(ex, n - 1, max); });
+      auto b = ex->Spawn([ex, n, max] { return Run(ex, n - 2, max); });
+      return *a.Join() + *b.Join();
+    }
+  };
+  auto root =
+      ex.Spawn([&] { return Fib::Run(Executor::Current(), 16, &max_blocked); });
+  EXPECT_EQ(*root.Join(), 987);
+  // A join blocks only on a task another worker is running: a few per
+  // worker and recursion level, far below the ~1600 tasks of fib(16).
+  EXPECT_LE(max_blocked.load(),
+            std::uint64_t{16} * static_cast<std::uint64_t>(num_workers() + 1));
+}
+
+// A handle joined from a fiber on another worker than the spawner's: that
+// joiner never claims the task out of its queue (only the spawning worker's
+// joiners do), it takes it back if the entry is in its own queue, or waits.
+TEST_P(SpawnTest, JoinsFromOtherWorkersWaitOrTakeTheEntry) {
+  Executor& ex = Make();
+  constexpr int kTasks = 2000;
+  std::vector<JoinHandle<int>> handles;
+  handles.reserve(kTasks);
+  auto spawner = ex.Spawn([&] {
+    for (int i = 0; i < kTasks; ++i)
+      handles.push_back(Executor::Current()->Spawn([i] { return i; }));
+  });
+  ASSERT_TRUE(spawner.Join().ok());
+  // Joined from other tasks, which may run on any worker, in reverse.
+  std::atomic<std::int64_t> sum{0};
+  auto root = ex.Spawn([&] {
+    WaitGroup joined;
+    for (int part = 0; part < 4; ++part) {
+      joined.Add();
+      Executor::Current()
+          ->Spawn([&, part] {
+            for (int i = kTasks - 1 - part; i >= 0; i -= 4)
+              sum.fetch_add(*handles[static_cast<std::size_t>(i)].Join());
+            joined.Done();
+          })
+          .Detach();
+    }
+    joined.Wait();
+  });
+  ASSERT_TRUE(root.Join().ok());
+  EXPECT_EQ(sum.load(), std::int64_t{kTasks} * (kTasks - 1) / 2);
+}
+
 TEST_P(SpawnTest, SpawnOrderIsStartOrderOnOneWorker) {
   if (num_workers() > 1)
     GTEST_SKIP() << "stealing reorders starts across workers";

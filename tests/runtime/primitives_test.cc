@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -101,6 +102,53 @@ TEST_P(PrimitivesTest, WaitGroupWaitsForAll) {
     EXPECT_EQ(wg.count(), 0u);
   });
   EXPECT_TRUE(parent.Join().ok());
+}
+
+// The last Done() must not touch the group after a Wait() that saw zero
+// returned: the group dies right then (ASan catches a use after scope). Many
+// short rounds, Done() from every worker, some Wait()s racing the last Done.
+TEST_P(PrimitivesTest, WaitGroupMayDieAsSoonAsWaitReturns) {
+  Executor& ex = Make();
+  auto parent = ex.Spawn([&] {
+    for (int round = 0; round < 300; ++round) {
+      auto wg = std::make_unique<WaitGroup>(4);
+      for (int i = 0; i < 4; ++i) {
+        Executor::Current()
+            ->Spawn([group = wg.get(), i, round] {
+              for (int y = 0; y < (i + round) % 3; ++y) this_fiber::Yield();
+              group->Done();
+            })
+            .Detach();
+      }
+      if (round % 2 == 0) this_fiber::Yield();
+      wg->Wait();
+      EXPECT_EQ(wg->count(), 0u);
+      wg.reset();  // heap, so ASan sees the lifetime exactly
+    }
+  });
+  EXPECT_TRUE(parent.Join().ok());
+}
+
+TEST(WaitGroupTest, PlainThreadsAddDoneWaitAndReuse) {
+  WaitGroup wg;
+  wg.Wait();  // zero: returns at once
+  for (int round = 0; round < 50; ++round) {
+    std::atomic<int> done{0};
+    wg.Add(3);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 3; ++i) {
+      threads.emplace_back([&] {
+        done.fetch_add(1);
+        wg.Done();
+      });
+    }
+    std::thread second_waiter([&] { wg.Wait(); });
+    wg.Wait();
+    EXPECT_EQ(done.load(), 3);  // everything before Done() is visible
+    EXPECT_EQ(wg.count(), 0u);
+    second_waiter.join();
+    for (std::thread& thread : threads) thread.join();
+  }
 }
 
 TEST_P(PrimitivesTest, SemaphoreCountsBytesAndNeverOvercommits) {

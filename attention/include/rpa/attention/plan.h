@@ -81,8 +81,8 @@ struct PlanOptions {
   int parallelism = 1;
   // Minimum keys per decode split (0 = default); splits are page aligned.
   std::uint32_t decode_min_kv_tokens_per_split = 0;
-  BlockSizes prefill_blocks;
-  BlockSizes mixed_blocks;
+  BlockSizes prefill_blocks{};
+  BlockSizes mixed_blocks{};
 };
 
 namespace internal {

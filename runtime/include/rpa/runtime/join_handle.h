@@ -9,9 +9,11 @@
 // down returns FailedPrecondition.
 //
 // How Join waits:
-//   - in a fiber of the same executor, if the task has not started yet, the
-//     joiner claims it and runs it inline on its own stack (help-first: no
-//     queue round trip, no extra fiber); otherwise it suspends the fiber;
+//   - in a fiber of the same executor, if the task has not started yet and
+//     was spawned on this worker (or sits at the head of this worker's run
+//     queue), the joiner runs it inline on its own stack (help-first: no
+//     queue round trip, no extra fiber); otherwise it suspends the fiber
+//     until the task's runner completes it;
 //   - on a plain thread, it blocks that thread; for a num_workers == 0
 //     executor that nobody is driving, the joining thread drives it (runs
 //     the executor's loop) until the task is done;

@@ -7,7 +7,12 @@
 // Done() more often than Add() is a bug (RPA_CHECK).
 //
 // Thread-safety: every method from any thread or fiber.
-// Memory ordering: everything before each Done() happens-before Wait() returns.
+// Memory ordering: everything before each Done() happens-before Wait() returns
+// (the count's read-modify-writes are acq_rel: the Done that reaches zero, or
+// Wait's acquire load of zero, reads the end of their release sequence).
+// Cost: Add and Done are one atomic read-modify-write; only the Done that
+// reaches zero while someone waits takes the lock (to wake the waiters). The
+// group may be destroyed as soon as Wait() returns.
 //
 // Example:
 //   WaitGroup wg;
@@ -17,6 +22,7 @@
 //   }
 //   wg.Wait();
 
+#include <atomic>
 #include <cstdint>
 
 #include "rpa/runtime/internal/wait_queue.h"
@@ -25,7 +31,7 @@ namespace rpa::runtime {
 
 class WaitGroup {
  public:
-  explicit WaitGroup(std::uint64_t initial = 0) : count_(initial) {}
+  explicit WaitGroup(std::uint64_t initial = 0) : word_(initial) {}
   WaitGroup(const WaitGroup&) = delete;
   WaitGroup& operator=(const WaitGroup&) = delete;
 
@@ -35,8 +41,11 @@ class WaitGroup {
   std::uint64_t count() const;
 
  private:
-  mutable internal::SpinLock lock_;
-  std::uint64_t count_;
+  static constexpr std::uint64_t kWaitersBit = std::uint64_t{1} << 63;
+  static constexpr std::uint64_t kCountMask = kWaitersBit - 1;
+
+  std::atomic<std::uint64_t> word_;  // count | kWaitersBit (wait_group.cc)
+  internal::SpinLock lock_;          // guards waiters_
   internal::WaitQueue waiters_{&lock_};
 };
 

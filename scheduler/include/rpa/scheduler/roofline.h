@@ -1,0 +1,72 @@
+#pragma once
+
+// The host CPU's roofline, measured in the calling process: memory read
+// bandwidth and FMA peak with N threads, so that an attention kernel's time
+// can be reported as a share of the best this machine could do for its
+// bytes and FLOPs (SPEC section 7 counts, attention::BatchCost):
+//
+//   floor = max(bytes / read_bandwidth, flops / fma_peak)
+//   roofline % = floor / measured time * 100
+//
+// Bandwidth: N threads, started together behind a barrier, each stream-read
+// its slice of one buffer much larger than the last-level cache (written
+// first, so its pages exist), summing it with vector integer adds (a few
+// adds per 32-byte load: never the bottleneck). The figure is the whole
+// buffer divided by the time from the first thread's start to the last
+// thread's end, best of `bandwidth_passes` (10).
+// FMA peak: N threads each run 12 independent chains of 8-wide f32 FMAs
+// (AVX2 + FMA when the CPU has them, enough chains to cover FMA latency x
+// FMA ports on current x86 cores), 2 FLOPs per lane; best of `fma_runs` (20).
+// Without AVX2/FMA (or in an RPA_PORTABLE build) a scalar multiply-add loop
+// stands in and HostRoofline::used_avx2_fma says so.
+//
+// Thread-safety: MeasureHostRoofline starts and joins its own threads; calls
+// may overlap but then disturb each other's figures.
+//
+// Example:
+//   RPA_ASSIGN_OR_RETURN(HostRoofline roof, MeasureHostRoofline({.threads =
+//   2})); double pct = RooflinePercent(plan.cost(), roof, seconds);
+
+#include <cstddef>
+#include <cstdint>
+
+#include "rpa/attention/cost.h"
+#include "rpa/runtime/status.h"
+
+namespace rpa::scheduler {
+
+struct HostRoofline {
+  double read_bandwidth_bytes_per_s = 0;
+  double fma_peak_flops_per_s = 0;
+  int threads = 1;
+  bool used_avx2_fma = false;
+};
+
+struct RooflineOptions {
+  int threads = 1;  // [1, 1024]
+  // The streamed buffer; >= 64 KiB. Default 512 MiB: 16x a 32 MiB L3.
+  std::size_t buffer_bytes = std::size_t{512} << 20;
+  // Many short runs rather than a few long ones: on a shared machine the
+  // best of many is more likely to have caught every thread on its own core.
+  int bandwidth_passes = 10;  // >= 1
+  int fma_runs = 20;          // >= 1
+  // FMA instructions per chain per run (each is 8 lanes x 2 FLOPs): 2^22
+  // is about 8 ms at 3 GHz.
+  std::uint64_t fma_iterations = std::uint64_t{1} << 22;
+};
+
+// InvalidArgument names a bad option; ResourceExhausted when the buffer
+// cannot be allocated; Internal when a thread cannot be started.
+StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options = {});
+
+// max(bytes / bandwidth, flops / peak), in seconds; 0 for an empty cost.
+double RooflineFloorSeconds(const attention::BatchCost& cost,
+                            const HostRoofline& roofline);
+// RooflineFloorSeconds / seconds * 100 (0 when seconds <= 0).
+double RooflinePercent(const attention::BatchCost& cost,
+                       const HostRoofline& roofline, double seconds);
+// bytes / seconds / 1e9 and flops / seconds / 1e9 (0 when seconds <= 0).
+double GigabytesPerSecond(const attention::BatchCost& cost, double seconds);
+double GigaflopsPerSecond(const attention::BatchCost& cost, double seconds);
+
+}  // namespace rpa::scheduler

@@ -1,0 +1,228 @@
+#include "rpa/scheduler/roofline.h"
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "roofline_kernels.h"
+
+namespace rpa::scheduler {
+namespace internal {
+
+std::uint64_t ReadSumPortable(const std::uint64_t* data, std::size_t count) {
+  // Integer adds in four chains: the compiler vectorises them with SSE2.
+  std::uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  for (std::size_t i = 0; i < count; i += 4) {
+    a0 += data[i];
+    a1 += data[i + 1];
+    a2 += data[i + 2];
+    a3 += data[i + 3];
+  }
+  return a0 + a1 + a2 + a3;
+}
+
+float FmaChainsPortable(std::uint64_t iterations, float seed) {
+  float c[12];
+  for (int i = 0; i < 12; ++i) c[i] = seed + 0.1F * static_cast<float>(i);
+  for (std::uint64_t it = 0; it < iterations; ++it) {
+    for (float& x : c) x = x * 0.999999F + 1e-7F;
+  }
+  float total = 0;
+  for (float x : c) total += x;
+  return total;
+}
+
+double FmaChainsFlops(std::uint64_t iterations, bool avx2) {
+  const double lanes = avx2 ? 8.0 : 1.0;
+  return static_cast<double>(iterations) * 12.0 * lanes * 2.0;
+}
+
+}  // namespace internal
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct AlignedFree {
+  void operator()(std::uint64_t* p) const { std::free(p); }
+};
+
+// Runs body(thread_index) on `threads` threads that start together (a
+// barrier) and returns the span from the earliest start to the latest end,
+// in seconds.
+class GangTimer {
+ public:
+  explicit GangTimer(int threads) : threads_(threads) {}
+
+  StatusOr<double> Run(const std::function<void(int)>& body) {
+    std::vector<Clock::time_point> starts(static_cast<std::size_t>(threads_));
+    std::vector<Clock::time_point> ends(static_cast<std::size_t>(threads_));
+    std::barrier sync(threads_);
+    auto work = [&](int index) {
+      sync.arrive_and_wait();
+      starts[static_cast<std::size_t>(index)] = Clock::now();
+      body(index);
+      ends[static_cast<std::size_t>(index)] = Clock::now();
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<std::size_t>(threads_ - 1));
+    try {
+      for (int t = 1; t < threads_; ++t) pool.emplace_back(work, t);
+    } catch (const std::system_error& e) {
+      // The barrier expects every thread: release it by running the missing
+      // participants' arrivals, then report.
+      for (std::size_t t = pool.size() + 1;
+           t < static_cast<std::size_t>(threads_); ++t) {
+        sync.arrive_and_drop();
+      }
+      sync.arrive_and_drop();
+      for (auto& thread : pool) thread.join();
+      return InternalError(std::string("roofline: cannot start a thread: ") +
+                           e.what());
+    }
+    work(0);
+    for (auto& thread : pool) thread.join();
+    auto first = *std::min_element(starts.begin(), starts.end());
+    auto last = *std::max_element(ends.begin(), ends.end());
+    return std::chrono::duration<double>(last - first).count();
+  }
+
+ private:
+  int threads_;
+};
+
+}  // namespace
+
+StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
+  if (options.threads < 1 || options.threads > 1024) {
+    return InvalidArgumentError("threads must be in [1, 1024], got " +
+                                std::to_string(options.threads));
+  }
+  if (options.buffer_bytes < (std::size_t{64} << 10)) {
+    return InvalidArgumentError("buffer_bytes must be at least 65536, got " +
+                                std::to_string(options.buffer_bytes));
+  }
+  if (options.bandwidth_passes < 1) {
+    return InvalidArgumentError("bandwidth_passes must be >= 1, got " +
+                                std::to_string(options.bandwidth_passes));
+  }
+  if (options.fma_runs < 1) {
+    return InvalidArgumentError("fma_runs must be >= 1, got " +
+                                std::to_string(options.fma_runs));
+  }
+  if (options.fma_iterations < 1) {
+    return InvalidArgumentError("fma_iterations must be >= 1, got 0");
+  }
+  const bool avx2 = internal::HaveAvx2Fma();
+  const int threads = options.threads;
+  GangTimer gang(threads);
+
+  // Each thread's slice is a whole number of 256-byte blocks (32 words, the
+  // unrolled loop's step).
+  constexpr std::size_t kBlockWords = 32;
+  const std::size_t blocks = options.buffer_bytes / (kBlockWords * 8);
+  const std::size_t blocks_per_thread =
+      std::max<std::size_t>(1, blocks / static_cast<std::size_t>(threads));
+  const std::size_t words_per_thread = blocks_per_thread * kBlockWords;
+  const std::size_t total_words =
+      words_per_thread * static_cast<std::size_t>(threads);
+  std::unique_ptr<std::uint64_t, AlignedFree> buffer(
+      static_cast<std::uint64_t*>(std::aligned_alloc(4096, total_words * 8)));
+  if (buffer == nullptr) {
+    return ResourceExhaustedError("roofline: cannot allocate a " +
+                                  std::to_string(total_words * 8) +
+                                  "-byte buffer");
+  }
+  std::vector<std::uint64_t> sinks(static_cast<std::size_t>(threads) *
+                                   8);  // a line each
+
+  // First touch by the thread that reads the slice later.
+  RPA_ASSIGN_OR_RETURN(double touch_seconds, gang.Run([&](int t) {
+    std::uint64_t* slice =
+        buffer.get() + static_cast<std::size_t>(t) * words_per_thread;
+    for (std::size_t i = 0; i < words_per_thread; ++i)
+      slice[i] = i * 2654435761U;
+  }));
+  static_cast<void>(touch_seconds);
+
+  double best_read = std::numeric_limits<double>::infinity();
+  for (int pass = 0; pass < options.bandwidth_passes; ++pass) {
+    RPA_ASSIGN_OR_RETURN(double seconds, gang.Run([&](int t) {
+      const std::uint64_t* slice =
+          buffer.get() + static_cast<std::size_t>(t) * words_per_thread;
+      sinks[static_cast<std::size_t>(t) * 8] +=
+          avx2 ? internal::ReadSumAvx2(slice, words_per_thread)
+               : internal::ReadSumPortable(slice, words_per_thread);
+    }));
+    best_read = std::min(best_read, seconds);
+  }
+  buffer.reset();
+
+  double best_fma = std::numeric_limits<double>::infinity();
+  std::vector<float> fma_sinks(static_cast<std::size_t>(threads) * 16);
+  for (int run = 0; run < options.fma_runs; ++run) {
+    RPA_ASSIGN_OR_RETURN(double seconds, gang.Run([&](int t) {
+      float seed = 0.5F + static_cast<float>(run) * 1e-3F;
+      fma_sinks[static_cast<std::size_t>(t) * 16] +=
+          avx2 ? internal::FmaChainsAvx2(options.fma_iterations, seed)
+               : internal::FmaChainsPortable(options.fma_iterations, seed);
+    }));
+    best_fma = std::min(best_fma, seconds);
+  }
+  // Keep the sums observable so that no loop is dropped.
+  std::uint64_t guard = 0;
+  for (std::uint64_t s : sinks) guard ^= s;
+  float fguard = 0;
+  for (float f : fma_sinks) fguard += f;
+  asm volatile("" : : "r"(guard), "x"(fguard));
+
+  HostRoofline out;
+  out.threads = threads;
+  out.used_avx2_fma = avx2;
+  out.read_bandwidth_bytes_per_s =
+      static_cast<double>(total_words * 8) / best_read;
+  out.fma_peak_flops_per_s =
+      internal::FmaChainsFlops(options.fma_iterations, avx2) * threads /
+      best_fma;
+  return out;
+}
+
+double RooflineFloorSeconds(const attention::BatchCost& cost,
+                            const HostRoofline& roofline) {
+  double memory_seconds = 0;
+  double compute_seconds = 0;
+  if (roofline.read_bandwidth_bytes_per_s > 0) {
+    memory_seconds =
+        static_cast<double>(cost.bytes()) / roofline.read_bandwidth_bytes_per_s;
+  }
+  if (roofline.fma_peak_flops_per_s > 0) {
+    compute_seconds = cost.flops / roofline.fma_peak_flops_per_s;
+  }
+  return std::max(memory_seconds, compute_seconds);
+}
+
+double RooflinePercent(const attention::BatchCost& cost,
+                       const HostRoofline& roofline, double seconds) {
+  if (seconds <= 0) return 0;
+  return RooflineFloorSeconds(cost, roofline) / seconds * 100.0;
+}
+
+double GigabytesPerSecond(const attention::BatchCost& cost, double seconds) {
+  return seconds > 0 ? static_cast<double>(cost.bytes()) / seconds / 1e9 : 0;
+}
+
+double GigaflopsPerSecond(const attention::BatchCost& cost, double seconds) {
+  return seconds > 0 ? cost.flops / seconds / 1e9 : 0;
+}
+
+}  // namespace rpa::scheduler

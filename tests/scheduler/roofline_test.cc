@@ -1,0 +1,74 @@
+#include "rpa/scheduler/roofline.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace rpa::scheduler {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Small and quick: the figures only have to be sane, not accurate.
+RooflineOptions Quick(int threads) {
+  return {.threads = threads,
+          .buffer_bytes = std::size_t{8} << 20,
+          .bandwidth_passes = 2,
+          .fma_runs = 2,
+          .fma_iterations = std::uint64_t{1} << 16};
+}
+
+TEST(RooflineTest, MeasuresPositiveFiniteFigures) {
+  for (int threads : {1, 2}) {
+    auto roof = MeasureHostRoofline(Quick(threads));
+    ASSERT_TRUE(roof.ok()) << roof.status();
+    EXPECT_EQ(roof->threads, threads);
+    EXPECT_TRUE(std::isfinite(roof->read_bandwidth_bytes_per_s));
+    EXPECT_TRUE(std::isfinite(roof->fma_peak_flops_per_s));
+    // Anything slower than 100 MB/s or 100 MFLOP/s is a broken probe.
+    EXPECT_GT(roof->read_bandwidth_bytes_per_s, 1e8);
+    EXPECT_GT(roof->fma_peak_flops_per_s, 1e8);
+  }
+}
+
+TEST(RooflineTest, RejectsBadOptions) {
+  RooflineOptions options = Quick(1);
+  options.threads = 0;
+  auto roof = MeasureHostRoofline(options);
+  ASSERT_FALSE(roof.ok());
+  EXPECT_THAT(roof.status().message(), HasSubstr("threads"));
+  options = Quick(1);
+  options.buffer_bytes = 100;
+  roof = MeasureHostRoofline(options);
+  ASSERT_FALSE(roof.ok());
+  EXPECT_THAT(roof.status().message(), HasSubstr("buffer_bytes"));
+  options = Quick(1);
+  options.bandwidth_passes = 0;
+  EXPECT_FALSE(MeasureHostRoofline(options).ok());
+  options = Quick(1);
+  options.fma_runs = 0;
+  EXPECT_FALSE(MeasureHostRoofline(options).ok());
+}
+
+TEST(RooflineTest, FloorIsTheSlowerOfMemoryAndCompute) {
+  HostRoofline roof{.read_bandwidth_bytes_per_s = 10e9,
+                    .fma_peak_flops_per_s = 100e9};
+  attention::BatchCost memory_bound;
+  memory_bound.cached_kv_read_bytes = 1'000'000'000;  // 0.1 s
+  memory_bound.flops = 1e9;                           // 0.01 s
+  EXPECT_DOUBLE_EQ(RooflineFloorSeconds(memory_bound, roof), 0.1);
+  EXPECT_DOUBLE_EQ(RooflinePercent(memory_bound, roof, 0.2), 50.0);
+  EXPECT_DOUBLE_EQ(GigabytesPerSecond(memory_bound, 0.2), 5.0);
+  EXPECT_DOUBLE_EQ(GigaflopsPerSecond(memory_bound, 0.2), 5.0);
+  attention::BatchCost compute_bound;
+  compute_bound.q_bytes = 1'000'000;  // 0.1 ms
+  compute_bound.flops = 50e9;         // 0.5 s
+  EXPECT_DOUBLE_EQ(RooflineFloorSeconds(compute_bound, roof), 0.5);
+  EXPECT_DOUBLE_EQ(RooflinePercent(compute_bound, roof, 0.5), 100.0);
+  EXPECT_EQ(RooflinePercent(compute_bound, roof, 0), 0.0);
+  EXPECT_EQ(RooflineFloorSeconds(attention::BatchCost{}, roof), 0.0);
+}
+
+}  // namespace
+}  // namespace rpa::scheduler
