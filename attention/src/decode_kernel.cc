@@ -12,27 +12,24 @@
 // on every row (measured 2-3x slower per byte).
 //
 // The AVX2 path reads K and V straight from the pages (f16 / bf16 converted
-// in registers, no tile copy), in blocks of up to kBlockTokens keys; for each
-// kv head of the item in turn:
-//   1. scores for every group head, the heads in chunks of 4 (then 2, 1):
-//      each K row is loaded once per chunk and FMAed against the chunk's q
-//      rows; 8 independent accumulators (heads x tokens) are reduced
-//      together with one hadd tree;
-//   2. scale, soft cap and the online softmax per head over the block;
-//   3. the V rows accumulated into group x D accumulators that stay in
-//      registers across the block's tokens (16 columns x 4 heads at a time).
-// Meanwhile a software prefetcher walks the item's byte stream (page by page
-// through the page table, which is what the hardware prefetchers cannot
-// follow) about kPrefetchTokens ahead, a few lines per score step: a burst
-// of prefetches fills the miss buffers and stalls the loads of the block
-// being computed. The block is consumed head by head, so the whole block
-// must be on its way before its first head is computed; it waits in L2.
+// in registers, no tile copy), in units of one kv head over a block of up to
+// kUnitTokens keys (see kUnitTokens for why small); for each unit and each
+// chunk of 4 (then 2, 1) query heads:
+//   1. scores: each K row is loaded once per chunk and FMAed against the
+//      chunk's q rows; 8 accumulators (heads x tokens) are reduced together
+//      with one hadd tree into one vector (lane = head * tokens + token);
+//   2. scale, soft cap, mask and the online softmax on those vectors: the
+//      running max / sum live in the same lane layout, so the whole update
+//      is a few vector ops and one vector exp per 8 (token, head) pairs;
+//   3. the V rows accumulated into the chunk's D-column accumulators, which
+//      stay in registers across the unit's tokens (16 columns x 4 heads).
 // Positions outside [max(visible.begin, kv_begin), min(visible.end, kv_end))
-// are never read, nor prefetched: slots past kv_len may hold NaN, and
+// are never read: slots past kv_len may hold NaN, and
 // unused page-table entries may point anywhere.
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -53,10 +50,6 @@ using memory::StorageType;
 // Keys per block: large enough to amortise the per-block softmax work,
 // small enough that a block of every kv head's K and V waits in L2.
 constexpr std::int32_t kBlockTokens = 32;
-// How far ahead of the block being computed the prefetcher runs, in tokens:
-// at least one block (see the file comment).
-constexpr std::int32_t kPrefetchTokens = 32;
-constexpr std::size_t kCacheLineBytes = 64;
 
 struct Scratch {
   std::vector<float> tile;    // kBlockTokens x D (generic path)
@@ -195,6 +188,18 @@ void RunDecodeItemGeneric(const KernelArgs& args, const WorkItem& item) {
 
 #if defined(RPA_ATTENTION_AVX2)
 
+// Keys per unit of the AVX2 path: a unit is one kv head's pass over a
+// block of kUnitTokens keys, and pays the softmax bookkeeping once per chunk
+// of query heads. Small on purpose: a unit reads one K and V row pair from
+// each of its tokens, i.e. from kUnitTokens different 4 KiB pages at
+// Hkv 8, D 128, f16, and the hardware prefetchers keep up with 8 such
+// interleaved streams but not with 16 or 32 (measured, 32 x 2048 keys,
+// shuffled pages, 1 thread: 8 -> 8.5 / 13.8 GB/s f16 / f32, 16 -> 7.4 /
+// 10.5, 32 -> 5.7 / 9.0). Software prefetching of later units (1 to 8 units
+// ahead, T0 / T2 / NTA, in bursts or spread one line per accumulation step)
+// never helped and costs compute, so there is none.
+constexpr std::int32_t kUnitTokens = 8;
+
 // Eight stored elements at `p` as f32.
 template <StorageType kType>
 inline __m256 Load8(const std::byte* p) {
@@ -222,110 +227,84 @@ inline __m256 ReduceEight(const __m256* a) {
                        _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// Walks the byte stream an item reads (for each key position in order, the
-// token's bytes of the item's kv heads: one contiguous run per page when the
-// item covers every kv head) and prefetches it a few cache lines at a time.
-// Never goes past the item's last key.
-class StreamPrefetcher {
- public:
-  StreamPrefetcher(const memory::KvLayerView& cache, const std::int32_t* pages,
-                   std::int32_t begin, std::int32_t end, std::size_t first_byte,
-                   std::size_t end_byte)
-      : cache_(&cache),
-        pages_(pages),
-        position_(begin),
-        end_(end),
-        first_byte_(first_byte),
-        end_byte_(end_byte) {
-    if (position_ < end_) StartToken(/*lookup=*/true);
+// Eight lanes of exp, as building_blocks.cc's ExpInPlace (relative error
+// <= 2e-7; below -87.3, -inf included, exactly 0; exp(0) exactly 1).
+inline __m256 Exp8(__m256 x) {
+  constexpr float kLog2e = 1.44269504088896341F;
+  constexpr float kLn2Hi = 0.693359375F;
+  constexpr float kLn2Lo = -2.12194440e-4F;
+  constexpr float kExpMinInput = -87.33654F;
+  constexpr float kExpMaxInput = 88.37626F;
+  const __m256 clamped =
+      _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpMinInput)),
+                    _mm256_set1_ps(kExpMaxInput));
+  const __m256 n =
+      _mm256_round_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(kLog2e)),
+                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), clamped);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4F);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3F));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3F));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2F));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1F));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1F));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 e_r =
+      _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0F));
+  const __m256i exponent = _mm256_cvtps_epi32(n);
+  const __m256i half_exponent = _mm256_srai_epi32(exponent, 1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 scale_a = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(half_exponent, bias), 23));
+  const __m256 scale_b = _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_sub_epi32(exponent, half_exponent), bias), 23));
+  __m256 result = _mm256_mul_ps(_mm256_mul_ps(e_r, scale_a), scale_b);
+  const __m256 too_small =
+      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMinInput), _CMP_LT_OQ);
+  const __m256 too_large =
+      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMaxInput), _CMP_GT_OQ);
+  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  result = _mm256_andnot_ps(too_small, result);
+  result =
+      _mm256_blendv_ps(result, _mm256_set1_ps(__builtin_inff()), too_large);
+  return _mm256_blendv_ps(result, x, is_nan);
+}
+
+// Every lane becomes the max over its group of kTokens consecutive lanes
+// (the lanes of one query head in the score layout below).
+template <std::size_t kTokens>
+inline __m256 GroupMax(__m256 v) {
+  if constexpr (kTokens >= 2) {
+    v = _mm256_max_ps(v, _mm256_permute_ps(v, 0xB1));
   }
-
-  std::int32_t position() const { return position_; }
-  std::size_t lines_per_token() const {
-    return (end_byte_ - first_byte_) / kCacheLineBytes + 1;
+  if constexpr (kTokens >= 4) {
+    v = _mm256_max_ps(v, _mm256_permute_ps(v, 0x4E));
   }
-
-  // Prefetches up to `lines` lines, stopping at position `limit`.
-  void Issue(std::size_t lines, std::int32_t limit) {
-    limit = std::min(limit, end_);
-    while (lines > 0 && position_ < limit) {
-      // The rest of this token's lines, in a tight loop.
-      const auto left =
-          (static_cast<std::size_t>(token_end_ - line_) + kCacheLineBytes - 1) /
-          kCacheLineBytes;
-      const std::size_t count = std::min(lines, left);
-      for (std::size_t j = 0; j < count; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(line_ + j * kCacheLineBytes),
-                     _MM_HINT_T0);
-      }
-      line_ += count * kCacheLineBytes;
-      lines -= count;
-      if (count == left) {
-        ++position_;
-        if (position_ < end_) {
-          StartToken(position_ %
-                         static_cast<std::int32_t>(cache_->page_size_tokens) ==
-                     0);
-        }
-      }
-    }
+  if constexpr (kTokens >= 8) {
+    v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 0x01));
   }
+  return v;
+}
 
- private:
-  void StartToken(bool lookup) {
-    if (lookup) {
-      token_ = KvRowAddress(*cache_, pages_, position_, /*kv_head=*/0,
-                            /*value=*/false);
-    } else {
-      token_ += cache_->token_bytes;
-    }
-    const auto first = reinterpret_cast<std::uintptr_t>(token_ + first_byte_);
-    line_ = token_ + first_byte_ - (first % kCacheLineBytes);
-    token_end_ = token_ + end_byte_;
-  }
-
-  const memory::KvLayerView* cache_;
-  const std::int32_t* pages_;
-  std::int32_t position_;
-  std::int32_t end_;
-  std::size_t first_byte_;
-  std::size_t end_byte_;
-  const std::byte* token_ = nullptr;      // slot of position_
-  const std::byte* line_ = nullptr;       // next line to prefetch
-  const std::byte* token_end_ = nullptr;  // end of position_'s bytes
-};
-
-// The prefetches one kv head's pass over a block issues: `per_step` lines
-// per score step up to position `limit`, the rest at the end of the pass.
-struct PrefetchQuota {
-  StreamPrefetcher* stream = nullptr;  // null: nothing to prefetch
-  std::size_t per_step = 0;
-  std::int32_t limit = 0;
-
-  void Step() const {
-    if (stream != nullptr) stream->Issue(per_step, limit);
-  }
-  void Finish() const {
-    if (stream != nullptr) stream->Issue(~std::size_t{0}, limit);
-  }
-};
-
-// Raw scores q_h . K_t of kHeads heads (q rows `dim` apart) for the block's
-// tokens (K rows at key_rows[t] + offset, the list padded to a multiple of
-// 8 / kHeads by repeating a valid row), written to scores[h * kBlockTokens +
-// t]. kHeads x tokens-per-step = 8 accumulators, reduced by one hadd tree.
+// Scores of a chunk of kHeads query heads (q rows `dim` apart) against the
+// unit's tokens (K rows at key_rows[t] + offset, the list padded to a
+// multiple of 8 by repeating a valid row). Step s covers tokens
+// [s * kTokens, (s + 1) * kTokens), kTokens = 8 / kHeads, and writes the
+// raw scores to scores[s * 8 + h * kTokens + t].
 template <StorageType kType, std::size_t kHeads>
-void BlockScores(const float* q, std::uint32_t dim,
+void ChunkScores(const float* q, std::uint32_t dim,
                  const std::byte* const* key_rows, std::size_t offset,
-                 std::int32_t first_token, std::int32_t end_token,
-                 float* scores, const PrefetchQuota& prefetch) {
-  constexpr std::size_t kTokensPerStep = 8 / kHeads;
+                 std::int32_t num_tokens, float* scores) {
+  constexpr std::size_t kTokens = 8 / kHeads;
   constexpr std::size_t kElementBytes = memory::StorageBytes(kType);
-  for (auto t0 = static_cast<std::size_t>(first_token);
-       t0 < static_cast<std::size_t>(end_token); t0 += kTokensPerStep) {
-    prefetch.Step();
-    const std::byte* rows[kTokensPerStep];
-    for (std::size_t t = 0; t < kTokensPerStep; ++t) {
+  const std::int32_t steps =
+      (num_tokens + static_cast<std::int32_t>(kTokens) - 1) /
+      static_cast<std::int32_t>(kTokens);
+  for (std::int32_t s = 0; s < steps; ++s) {
+    const auto t0 = static_cast<std::size_t>(s) * kTokens;
+    const std::byte* rows[kTokens];
+    for (std::size_t t = 0; t < kTokens; ++t) {
       rows[t] = key_rows[t0 + t] + offset;
     }
     __m256 acc[8];
@@ -335,32 +314,98 @@ void BlockScores(const float* q, std::uint32_t dim,
       for (std::size_t h = 0; h < kHeads; ++h) {
         q_chunk[h] = _mm256_loadu_ps(q + h * dim + c);
       }
-      for (std::size_t t = 0; t < kTokensPerStep; ++t) {
+      for (std::size_t t = 0; t < kTokens; ++t) {
         const __m256 k = Load8<kType>(rows[t] + c * kElementBytes);
         for (std::size_t h = 0; h < kHeads; ++h) {
-          __m256& a = acc[h * kTokensPerStep + t];
+          __m256& a = acc[h * kTokens + t];
           a = _mm256_fmadd_ps(q_chunk[h], k, a);
         }
       }
     }
-    alignas(32) float sums[8];
-    _mm256_store_ps(sums, ReduceEight(acc));
-    for (std::size_t h = 0; h < kHeads; ++h) {
-      for (std::size_t t = 0; t < kTokensPerStep; ++t) {
-        scores[h * kBlockTokens + t0 + t] = sums[h * kTokensPerStep + t];
-      }
-    }
+    _mm256_store_ps(scores + static_cast<std::size_t>(s) * 8, ReduceEight(acc));
   }
 }
 
-// acc[h][0..dim) += sum_t p[h * kBlockTokens + t] * V_t for kHeads heads (V
-// rows at value_rows[t] + offset); the accumulators of 16 (or, at a tail of
-// 8, 8) columns of every head stay in registers across the block's tokens.
+// The online softmax of a chunk over one unit, in the score layout of
+// ChunkScores: scales (and caps) the raw scores, masks tokens >= num_tokens,
+// folds them into the running state (max and sum, 8 lanes in the same
+// layout: lane h * kTokens + t; every lane of a head holds its max, the
+// lanes' sums add up to its sum) and replaces the scores with the weights
+// p = exp(score - max). Returns the factors exp(old max - new max), lane
+// h * kTokens for head h.
+template <std::size_t kHeads>
+__m256 ChunkSoftmax(float* scores, std::int32_t num_tokens, float scale,
+                    float soft_cap, float* state_max, float* state_sum) {
+  constexpr auto kTokens = static_cast<std::int32_t>(8 / kHeads);
+  const std::int32_t steps = (num_tokens + kTokens - 1) / kTokens;
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  for (std::int32_t s = 0; s < steps; ++s) {
+    float* row = scores + static_cast<std::size_t>(s) * 8;
+    _mm256_store_ps(row, _mm256_mul_ps(_mm256_load_ps(row), scale8));
+  }
+  if (soft_cap != 0.0F) {
+    // Rare (Gemma-style models): scalar libm tanh, as ScaleAndCapScores.
+    const float inverse_cap = 1.0F / soft_cap;
+    for (std::int32_t i = 0; i < steps * 8; ++i) {
+      scores[i] = soft_cap * std::tanh(scores[i] * inverse_cap);
+    }
+  }
+  // Token index of each lane at step 0.
+  const __m256i lane_token =
+      _mm256_setr_epi32(0 % kTokens, 1 % kTokens, 2 % kTokens, 3 % kTokens,
+                        4 % kTokens, 5 % kTokens, 6 % kTokens, 7 % kTokens);
+  const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
+  __m256 block_max = minus_inf;
+  for (std::int32_t s = 0; s < steps; ++s) {
+    float* row = scores + static_cast<std::size_t>(s) * 8;
+    __m256 x = _mm256_load_ps(row);
+    if ((s + 1) * kTokens > num_tokens) {
+      const __m256i token =
+          _mm256_add_epi32(lane_token, _mm256_set1_epi32(s * kTokens));
+      const __m256i valid =
+          _mm256_cmpgt_epi32(_mm256_set1_epi32(num_tokens), token);
+      x = _mm256_blendv_ps(minus_inf, x, _mm256_castsi256_ps(valid));
+      _mm256_store_ps(row, x);
+    }
+    block_max = _mm256_max_ps(block_max, x);
+  }
+  const __m256 old_max = _mm256_loadu_ps(state_max);
+  // Every unit has a visible token, so new_max is finite for finite data.
+  const __m256 new_max = _mm256_max_ps(old_max, GroupMax<kTokens>(block_max));
+  __m256 sum = _mm256_setzero_ps();
+  for (std::int32_t s = 0; s < steps; ++s) {
+    float* row = scores + static_cast<std::size_t>(s) * 8;
+    const __m256 p = Exp8(_mm256_sub_ps(_mm256_load_ps(row), new_max));
+    _mm256_store_ps(row, p);
+    sum = _mm256_add_ps(sum, p);
+  }
+  // exp(-inf - max) = 0 for the first unit; 1 where the max did not move
+  // (the common case once the first units have been seen).
+  const __m256 moved = _mm256_cmp_ps(old_max, new_max, _CMP_NEQ_UQ);
+  const __m256 factor = _mm256_movemask_ps(moved) == 0
+                            ? _mm256_set1_ps(1.0F)
+                            : Exp8(_mm256_sub_ps(old_max, new_max));
+  _mm256_storeu_ps(state_max, new_max);
+  _mm256_storeu_ps(state_sum,
+                   _mm256_fmadd_ps(_mm256_loadu_ps(state_sum), factor, sum));
+  return factor;
+}
+
+// acc[h][0..dim) += sum_t p(h, t) * V_t for the chunk's kHeads heads (V rows
+// at value_rows[t] + offset, weights in the ChunkScores layout); the
+// accumulators of 16 (or, at a tail of 8, 8) columns of every head stay in
+// registers across the unit's tokens.
 template <StorageType kType, std::size_t kHeads>
-void BlockAccumulate(const float* p, std::uint32_t dim,
+void ChunkAccumulate(const float* p, std::uint32_t dim,
                      const std::byte* const* value_rows, std::size_t offset,
                      std::int32_t num_tokens, float* acc) {
+  constexpr std::size_t kTokens = 8 / kHeads;
   constexpr std::size_t kElementBytes = memory::StorageBytes(kType);
+  const auto weight = [p](std::size_t h, std::int32_t t) {
+    const auto u = static_cast<std::size_t>(t);
+    return _mm256_broadcast_ss(p + (u / kTokens) * 8 + h * kTokens +
+                               u % kTokens);
+  };
   std::uint32_t c = 0;
   for (; c + 16 <= dim; c += 16) {
     __m256 a[2 * kHeads];
@@ -375,11 +420,9 @@ void BlockAccumulate(const float* p, std::uint32_t dim,
       const __m256 v0 = Load8<kType>(v);
       const __m256 v1 = Load8<kType>(v + 8 * kElementBytes);
       for (std::size_t h = 0; h < kHeads; ++h) {
-        const __m256 weight = _mm256_broadcast_ss(p + h * kBlockTokens + t);
-        auto& a0 = a[2 * h];
-        auto& a1 = a[2 * h + 1];
-        a0 = _mm256_fmadd_ps(weight, v0, a0);
-        a1 = _mm256_fmadd_ps(weight, v1, a1);
+        const __m256 w = weight(h, t);
+        a[2 * h] = _mm256_fmadd_ps(w, v0, a[2 * h]);
+        a[2 * h + 1] = _mm256_fmadd_ps(w, v1, a[2 * h + 1]);
       }
     }
     for (std::size_t h = 0; h < kHeads; ++h) {
@@ -397,9 +440,7 @@ void BlockAccumulate(const float* p, std::uint32_t dim,
     for (std::int32_t t = 0; t < num_tokens; ++t) {
       const __m256 v0 = Load8<kType>(value_rows[t] + column_offset);
       for (std::size_t h = 0; h < kHeads; ++h) {
-        const __m256 weight = _mm256_broadcast_ss(p + h * kBlockTokens + t);
-        auto& a0 = a[h];
-        a0 = _mm256_fmadd_ps(weight, v0, a0);
+        a[h] = _mm256_fmadd_ps(weight(h, t), v0, a[h]);
       }
     }
     for (std::size_t h = 0; h < kHeads; ++h) {
@@ -408,48 +449,31 @@ void BlockAccumulate(const float* p, std::uint32_t dim,
   }
 }
 
-// The group's heads in chunks of 4, then 2, then 1; the first chunk issues
-// the prefetches.
-template <StorageType kType>
-void GroupScores(const float* q, std::uint32_t group, std::uint32_t dim,
-                 const std::byte* const* key_rows, std::size_t offset,
-                 std::int32_t first_token, std::int32_t end_token,
-                 float* scores, PrefetchQuota prefetch) {
-  std::uint32_t g = 0;
-  for (; g + 4 <= group; g += 4) {
-    BlockScores<kType, 4>(q + g * dim, dim, key_rows, offset, first_token,
-                          end_token, scores + g * kBlockTokens, prefetch);
-    prefetch.per_step = 0;
+// One chunk of kHeads query heads over one unit: scores, softmax, rescale of
+// the accumulators when a head's max moved, V accumulation.
+template <StorageType kType, std::size_t kHeads>
+void ChunkPass(const float* q, std::uint32_t dim, const std::byte* const* rows,
+               std::size_t key_offset, std::size_t row_bytes,
+               std::int32_t num_tokens, const ResolvedParams& params,
+               float* state, float* acc) {
+  constexpr std::size_t kTokens = 8 / kHeads;
+  alignas(32) float scores[kUnitTokens * 4];
+  ChunkScores<kType, kHeads>(q, dim, rows, key_offset, num_tokens, scores);
+  const __m256 factor =
+      ChunkSoftmax<kHeads>(scores, num_tokens, params.score_scale,
+                           params.soft_cap, state, state + 8);
+  const int moved = _mm256_movemask_ps(
+      _mm256_cmp_ps(factor, _mm256_set1_ps(1.0F), _CMP_NEQ_UQ));
+  if (moved != 0) {
+    alignas(32) float factors[8];
+    _mm256_store_ps(factors, factor);
+    for (std::size_t h = 0; h < kHeads; ++h) {
+      const float f = factors[h * kTokens];
+      if (f != 1.0F) ScaleInPlace(acc + h * dim, dim, f);
+    }
   }
-  for (; g + 2 <= group; g += 2) {
-    BlockScores<kType, 2>(q + g * dim, dim, key_rows, offset, first_token,
-                          end_token, scores + g * kBlockTokens, prefetch);
-    prefetch.per_step = 0;
-  }
-  if (g < group) {
-    BlockScores<kType, 1>(q + g * dim, dim, key_rows, offset, first_token,
-                          end_token, scores + g * kBlockTokens, prefetch);
-  }
-}
-
-template <StorageType kType>
-void GroupAccumulate(const float* p, std::uint32_t group, std::uint32_t dim,
-                     const std::byte* const* value_rows, std::size_t offset,
-                     std::int32_t num_tokens, float* acc) {
-  std::uint32_t g = 0;
-  for (; g + 4 <= group; g += 4) {
-    BlockAccumulate<kType, 4>(p + g * kBlockTokens, dim, value_rows, offset,
-                              num_tokens, acc + g * dim);
-  }
-  if (g + 2 <= group) {
-    BlockAccumulate<kType, 2>(p + g * kBlockTokens, dim, value_rows, offset,
-                              num_tokens, acc + g * dim);
-    g += 2;
-  }
-  if (g < group) {
-    BlockAccumulate<kType, 1>(p + g * kBlockTokens, dim, value_rows, offset,
-                              num_tokens, acc + g * dim);
-  }
+  ChunkAccumulate<kType, kHeads>(scores, dim, rows, key_offset + row_bytes,
+                                 num_tokens, acc);
 }
 
 // The slot addresses of positions [begin, end), padded with copies of the
@@ -475,6 +499,8 @@ inline std::int32_t GatherSlots(const memory::KvLayerView& cache,
   return count;
 }
 
+// The item's work is a sequence of units (block of kUnitTokens keys, kv
+// head), block-major.
 template <StorageType kType>
 void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
   const ItemView view = MakeView(args, item);
@@ -484,57 +510,70 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
   const std::uint32_t num_heads = view.num_heads;
   const std::size_t row_bytes = dim * memory::StorageBytes(kType);
   const std::size_t rows = static_cast<std::size_t>(num_heads) * group;
+  // Query-head chunks of each kv head: 4, then 2, then 1 heads.
+  const std::uint32_t chunks = group / 4 + (group % 4) / 2 + group % 2;
   Scratch& scratch = ThreadScratch();
-  scratch.scores.resize(static_cast<std::size_t>(group) * kBlockTokens);
   scratch.acc.assign(rows * dim, 0.0F);
-  scratch.rows.assign(rows, SoftmaxRow{});
+  // Per (kv head, chunk): 8 lanes of max, then 8 lanes of sum.
+  scratch.scores.resize(static_cast<std::size_t>(num_heads) * chunks * 16);
+  for (std::size_t i = 0; i < scratch.scores.size(); i += 16) {
+    std::fill_n(scratch.scores.data() + i, 8, -__builtin_inff());
+    std::fill_n(scratch.scores.data() + i + 8, 8, 0.0F);
+  }
 
-  // The item's bytes of a token: K and V rows of its kv heads, adjacent.
-  StreamPrefetcher stream(args.cache, view.pages, view.begin, view.end,
-                          2 * item.kv_head * row_bytes,
-                          2 * (item.kv_head + num_heads) * row_bytes);
-  // The first block is needed at once: all of it now, so that its misses
-  // overlap.
-  stream.Issue(~std::size_t{0}, view.begin + kBlockTokens);
-  std::array<const std::byte*, kBlockTokens + 8> slots;
+  std::array<const std::byte*, kUnitTokens + 8> slots;
   for (std::int32_t block = view.begin; block < view.end;
-       block += kBlockTokens) {
-    const std::int32_t block_end = std::min(view.end, block + kBlockTokens);
+       block += kUnitTokens) {
     const std::int32_t n =
-        GatherSlots(args.cache, view.pages, block, block_end, slots.data());
-    // Every kv head's pass moves the stream 1 / num_heads of a block on.
-    const std::int32_t target = block_end + kPrefetchTokens;
-    const std::int32_t behind = std::max(0, target - stream.position());
-    const std::size_t steps = static_cast<std::size_t>(n + 1) / 2;
+        GatherSlots(args.cache, view.pages, block,
+                    std::min(view.end, block + kUnitTokens), slots.data());
     for (std::uint32_t i = 0; i < num_heads; ++i) {
-      const std::int32_t limit =
-          target - behind * static_cast<std::int32_t>(num_heads - 1 - i) /
-                       static_cast<std::int32_t>(num_heads);
-      const std::size_t lines =
-          static_cast<std::size_t>(std::max(0, limit - stream.position())) *
-          stream.lines_per_token();
-      const PrefetchQuota prefetch{&stream, (lines + steps - 1) / steps, limit};
       const std::size_t key_offset = 2 * (item.kv_head + i) * row_bytes;
       const float* q = view.q + static_cast<std::size_t>(i) * group * dim;
       float* acc =
           scratch.acc.data() + static_cast<std::size_t>(i) * group * dim;
-      SoftmaxRow* head_rows =
-          scratch.rows.data() + static_cast<std::size_t>(i) * group;
-      float* scores = scratch.scores.data();
-      GroupScores<kType>(q, group, dim, slots.data(), key_offset, 0, n, scores,
-                         prefetch);
-      prefetch.Finish();
-      for (std::uint32_t g = 0; g < group; ++g) {
-        float* head_scores = scores + g * kBlockTokens;
-        const auto count = static_cast<std::size_t>(n);
-        ScaleAndCapScores(head_scores, count, batch.params.score_scale,
-                          batch.params.soft_cap);
-        const float factor =
-            OnlineSoftmaxUpdate(&head_rows[g], head_scores, count);
-        if (factor != 1.0F) ScaleInPlace(acc + g * dim, dim, factor);
+      float* state =
+          scratch.scores.data() + static_cast<std::size_t>(i) * chunks * 16;
+      std::uint32_t g = 0;
+      for (; g + 4 <= group; g += 4) {
+        ChunkPass<kType, 4>(q + g * dim, dim, slots.data(), key_offset,
+                            row_bytes, n, batch.params, state, acc + g * dim);
+        state += 16;
       }
-      GroupAccumulate<kType>(scores, group, dim, slots.data(),
-                             key_offset + row_bytes, n, acc);
+      if (g + 2 <= group) {
+        ChunkPass<kType, 2>(q + g * dim, dim, slots.data(), key_offset,
+                            row_bytes, n, batch.params, state, acc + g * dim);
+        state += 16;
+        g += 2;
+      }
+      if (g < group) {
+        ChunkPass<kType, 1>(q + g * dim, dim, slots.data(), key_offset,
+                            row_bytes, n, batch.params, state, acc + g * dim);
+      }
+    }
+  }
+
+  // The running states as SoftmaxRows: a head's max is in each of its
+  // lanes, its sum spread over them.
+  scratch.rows.assign(rows, SoftmaxRow{});
+  for (std::uint32_t i = 0; i < num_heads; ++i) {
+    const float* state =
+        scratch.scores.data() + static_cast<std::size_t>(i) * chunks * 16;
+    std::uint32_t g = 0;
+    while (g < group) {
+      const std::uint32_t heads = group - g >= 4 ? 4 : (group - g >= 2 ? 2 : 1);
+      const std::uint32_t tokens = 8 / heads;
+      for (std::uint32_t h = 0; h < heads; ++h) {
+        SoftmaxRow& row =
+            scratch.rows[static_cast<std::size_t>(i) * group + g + h];
+        row.max = state[h * tokens];
+        row.sum = 0.0F;
+        for (std::uint32_t t = 0; t < tokens; ++t) {
+          row.sum += state[8 + h * tokens + t];
+        }
+      }
+      g += heads;
+      state += 16;
     }
   }
   Finish(args, item, view, scratch.acc.data(), scratch.rows.data());

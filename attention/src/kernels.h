@@ -6,6 +6,7 @@
 // are "as stored", SPEC section 2) and only at visible positions < kv_len
 // through the sequence's used page-table entries.
 
+#include <cstddef>
 #include <cstdint>
 
 #include "plan_data.h"

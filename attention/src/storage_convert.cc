@@ -80,7 +80,9 @@ std::uint16_t FloatToHalfPortable(float value) {
 
 float HalfToFloat(std::uint16_t bits) {
 #if defined(__F16C__)
-  return _cvtsh_ss(bits);
+  // The vector forms: clang's _cvtsh_ss / _cvtss_sh macros use C compound
+  // literals, which -Wpedantic rejects in C++.
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
 #else
   return internal::HalfToFloatPortable(bits);
 #endif
@@ -88,8 +90,8 @@ float HalfToFloat(std::uint16_t bits) {
 
 std::uint16_t FloatToHalf(float value) {
 #if defined(__F16C__)
-  return static_cast<std::uint16_t>(
-      _cvtss_sh(value, _MM_FROUND_TO_NEAREST_INT));
+  return static_cast<std::uint16_t>(_mm_extract_epi16(
+      _mm_cvtps_ph(_mm_set_ss(value), _MM_FROUND_TO_NEAREST_INT), 0));
 #else
   return internal::FloatToHalfPortable(value);
 #endif
