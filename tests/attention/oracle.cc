@@ -72,9 +72,12 @@ OracleOutput RunOracle(const OracleInput& input) {
 
   Geometry geometry;
   geometry.num_seqs = static_cast<std::int64_t>(meta.kv_lens.size());
-  RPA_CHECK(geometry.num_seqs > 0);
+  // S = 0 is a valid (empty) batch.
   geometry.pages_per_sequence =
-      static_cast<std::int64_t>(meta.page_indices.size()) / geometry.num_seqs;
+      geometry.num_seqs == 0
+          ? 0
+          : static_cast<std::int64_t>(meta.page_indices.size()) /
+                geometry.num_seqs;
   geometry.page_size = cache.page_size_tokens;
   const std::int64_t num_processed = meta.distribution[2];
   RPA_CHECK(num_processed >= 0 && num_processed <= geometry.num_seqs);
@@ -191,7 +194,21 @@ OracleOutput RunOracle(const OracleInput& input) {
             scores[bi] = score;
             max_score = std::max(max_score, score);
           }
-          RPA_CHECK(max_score > -std::numeric_limits<double>::infinity());
+          double* out_row = &result.out[(token * num_q_heads + qh) * head_dim];
+          // A NaN score (a NaN the row can see: allowed in cached data of
+          // a mutated batch) or scores that all overflowed to -inf leave the
+          // softmax undefined: the expected row is NaN, which callers treat
+          // as "compare the cache writes only".
+          const bool undefined =
+              std::any_of(scores.begin(), scores.begin() + kv_len,
+                          [](double score) { return std::isnan(score); });
+          if (undefined ||
+              !(max_score > -std::numeric_limits<double>::infinity())) {
+            for (std::size_t d = 0; d < head_dim; ++d) {
+              out_row[d] = std::numeric_limits<double>::quiet_NaN();
+            }
+            continue;
+          }
           double sum = 0;
           for (std::int64_t b = 0; b < kv_len; ++b) {
             const auto bi = static_cast<std::size_t>(b);
@@ -202,7 +219,6 @@ OracleOutput RunOracle(const OracleInput& input) {
               sum += scores[bi];
             }
           }
-          double* out_row = &result.out[(token * num_q_heads + qh) * head_dim];
           for (std::int64_t b = 0; b < kv_len; ++b) {
             const auto bi = static_cast<std::size_t>(b);
             if (scores[bi] == 0) continue;
