@@ -67,12 +67,15 @@ struct WorkItem {
   std::int32_t q_begin = 0;  // query rows of the sequence, within [0, q_len)
   std::int32_t q_end = 0;
   // Key positions this item covers, within [0, kv_len); each query still
-  // sees only its visible keys inside this range. The whole range unless a
-  // decode sequence's KV was split.
+  // sees only its visible keys inside this range, so kernels intersect it
+  // with VisibleKeys. Plan sets the union of the item's queries' visible
+  // keys, or one piece of it when a decode sequence's KV was split.
   std::int32_t kv_begin = 0;
   std::int32_t kv_end = 0;
   // -1: the item writes its rows of out. >= 0: the item writes unnormalised
-  // partial softmax states (see building_blocks.h MergePartialRows) into
+  // partial softmax states {max, sum, acc[D]} per query head, max in
+  // natural-log units of the scaled, capped score (see building_blocks.h
+  // MergePartialRows), into
   // partial slot `partial` for kv head `kv_head`, and into slot
   // partial + i * partial_head_stride for kv head kv_head + i; a merge
   // writes out.
@@ -84,6 +87,7 @@ struct WorkItem {
 
 struct PlanData {
   ValidatedBatch batch;
+  // The caller's options with the block sizes resolved (0 -> the defaults).
   PlanOptions options;
   std::vector<WorkItem> items;  // largest first
   // Partial slots of split sequences: for each (sequence, kv head), the
