@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "fast_exp.h"
+
 #include "rpa/attention/storage_convert.h"
 
 #if defined(RPA_ATTENTION_AVX2)
@@ -16,23 +18,6 @@ namespace rpa::attention::internal {
 using memory::StorageType;
 
 namespace {
-
-// Cephes-style expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6
-// polynomial (about 1 ulp), 2^n put into the exponent bits. ln2 is split in
-// two so that n * ln2_hi is exact and r keeps its low bits.
-constexpr float kLog2e = 1.44269504088896341F;
-constexpr float kLn2Hi = 0.693359375F;
-constexpr float kLn2Lo = -2.12194440e-4F;
-// Below this e^x is subnormal; the kernels only ever need "small enough to
-// vanish next to the row max", so such inputs give exactly 0 (and -inf does).
-constexpr float kExpMinInput = -87.33654F;
-constexpr float kExpMaxInput = 88.37626F;
-constexpr float kExpP0 = 1.9875691500E-4F;
-constexpr float kExpP1 = 1.3981999507E-3F;
-constexpr float kExpP2 = 8.3334519073E-3F;
-constexpr float kExpP3 = 4.1665795894E-2F;
-constexpr float kExpP4 = 1.6666665459E-1F;
-constexpr float kExpP5 = 5.0000001201E-1F;
 
 // a * b + c, fused where the hardware has it (std::fma without FMA hardware
 // is a slow libm emulation, and the portable build only needs f32 accuracy).
@@ -68,65 +53,6 @@ float ExpScalar(float x) {
       static_cast<std::uint32_t>(exponent - half_exponent + 127) << 23);
   return e_r * scale_a * scale_b;
 }
-
-#if defined(RPA_ATTENTION_AVX2)
-// Eight lanes of ExpScalar. Lanes below kExpMinInput (-inf included) are
-// blended to 0 after the arithmetic, which ran on a clamped input, so no NaN
-// appears; NaN inputs stay NaN.
-inline __m256 Exp8(__m256 x) {
-  const __m256 clamped =
-      _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpMinInput)),
-                    _mm256_set1_ps(kExpMaxInput));
-  const __m256 n =
-      _mm256_round_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(kLog2e)),
-                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), clamped);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(kExpP0);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP1));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP5));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  const __m256 e_r =
-      _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0F));
-  // n in [-126, 128]: 2^n = 2^(n >> 1) * 2^(n - (n >> 1)) keeps both
-  // exponent fields normal at either end of the range.
-  const __m256i exponent = _mm256_cvtps_epi32(n);
-  const __m256i half_exponent = _mm256_srai_epi32(exponent, 1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 scale_a = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(half_exponent, bias), 23));
-  const __m256 scale_b = _mm256_castsi256_ps(_mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_sub_epi32(exponent, half_exponent), bias), 23));
-  __m256 result = _mm256_mul_ps(_mm256_mul_ps(e_r, scale_a), scale_b);
-  // x < min (including -inf) -> 0; x > max -> inf; NaN -> NaN.
-  const __m256 too_small =
-      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMinInput), _CMP_LT_OQ);
-  const __m256 too_large =
-      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMaxInput), _CMP_GT_OQ);
-  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  result = _mm256_andnot_ps(too_small, result);
-  result =
-      _mm256_blendv_ps(result, _mm256_set1_ps(__builtin_inff()), too_large);
-  return _mm256_blendv_ps(result, x, is_nan);
-}
-
-inline float HorizontalMax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
 
 // Converts one row of `count` stored elements to f32.
 void ConvertRow(const std::byte* in, StorageType type, std::uint32_t count,

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "building_blocks.h"
+#include "fast_exp.h"
 #include "kernels.h"
 
 #if defined(RPA_ATTENTION_AVX2)
@@ -225,50 +226,6 @@ inline __m256 ReduceEight(const __m256* a) {
   const __m256 u1 = _mm256_hadd_ps(t2, t3);
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
                        _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
-// Eight lanes of exp, as building_blocks.cc's ExpInPlace (relative error
-// <= 2e-7; below -87.3, -inf included, exactly 0; exp(0) exactly 1).
-inline __m256 Exp8(__m256 x) {
-  constexpr float kLog2e = 1.44269504088896341F;
-  constexpr float kLn2Hi = 0.693359375F;
-  constexpr float kLn2Lo = -2.12194440e-4F;
-  constexpr float kExpMinInput = -87.33654F;
-  constexpr float kExpMaxInput = 88.37626F;
-  const __m256 clamped =
-      _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpMinInput)),
-                    _mm256_set1_ps(kExpMaxInput));
-  const __m256 n =
-      _mm256_round_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(kLog2e)),
-                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), clamped);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(1.9875691500E-4F);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3F));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3F));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2F));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1F));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1F));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  const __m256 e_r =
-      _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0F));
-  const __m256i exponent = _mm256_cvtps_epi32(n);
-  const __m256i half_exponent = _mm256_srai_epi32(exponent, 1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 scale_a = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(half_exponent, bias), 23));
-  const __m256 scale_b = _mm256_castsi256_ps(_mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_sub_epi32(exponent, half_exponent), bias), 23));
-  __m256 result = _mm256_mul_ps(_mm256_mul_ps(e_r, scale_a), scale_b);
-  const __m256 too_small =
-      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMinInput), _CMP_LT_OQ);
-  const __m256 too_large =
-      _mm256_cmp_ps(x, _mm256_set1_ps(kExpMaxInput), _CMP_GT_OQ);
-  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  result = _mm256_andnot_ps(too_small, result);
-  result =
-      _mm256_blendv_ps(result, _mm256_set1_ps(__builtin_inff()), too_large);
-  return _mm256_blendv_ps(result, x, is_nan);
 }
 
 // Every lane becomes the max over its group of kTokens consecutive lanes

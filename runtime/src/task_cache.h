@@ -49,8 +49,7 @@ class TaskBlockPool {
   TaskBlockPool& operator=(const TaskBlockPool&) = delete;
   ~TaskBlockPool() {
     for (std::size_t c = 0; c < kNumTaskClasses; ++c) {
-      for (void* block : classes_[c].blocks)
-        ::operator delete(block);
+      for (void* block : classes_[c].blocks) ::operator delete(block);
     }
   }
 
@@ -73,8 +72,7 @@ class TaskBlockPool {
       kept = std::min(n, kPoolBlocks - std::min(kPoolBlocks, c.blocks.size()));
       c.blocks.insert(c.blocks.end(), blocks, blocks + kept);
     }
-    for (std::size_t i = kept; i < n; ++i)
-      ::operator delete(blocks[i]);
+    for (std::size_t i = kept; i < n; ++i) ::operator delete(blocks[i]);
   }
 
  private:
