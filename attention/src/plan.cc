@@ -16,6 +16,7 @@
 #include "building_blocks.h"
 #include "kernels.h"
 #include "plan_data.h"
+#include "tensor_check.h"
 #include "validate.h"
 
 #include "rpa/attention/storage_convert.h"
@@ -327,7 +328,7 @@ StatusOr<AttentionPlan> AttentionPlan::Create(const BatchMetadata& metadata,
   return AttentionPlan(std::move(data));
 }
 
-namespace {
+namespace internal {
 
 Status CheckTensors(const ValidatedBatch& batch, const BatchTensors& tensors) {
   const BatchShape& shape = batch.shape;
@@ -398,6 +399,10 @@ Status CheckTensors(const ValidatedBatch& batch, const BatchTensors& tensors) {
   return OkStatus();
 }
 
+}  // namespace internal
+
+namespace {
+
 // SPEC 2 step 1: the new tokens' K/V of sequence `sequence`, converted to the
 // cache type, into positions [gap, kv_len).
 void WriteSequenceKv(const ValidatedBatch& batch, const BatchTensors& tensors,
@@ -458,7 +463,7 @@ Status Run(const AttentionPlan& plan, const BatchTensors& tensors,
            runtime::Executor* executor) {
   const PlanData& data = plan.data();
   const ValidatedBatch& batch = data.batch;
-  RPA_RETURN_IF_ERROR(CheckTensors(batch, tensors));
+  RPA_RETURN_IF_ERROR(internal::CheckTensors(batch, tensors));
   const bool parallel = executor != nullptr && executor->num_workers() > 0;
   const auto num_sequences = static_cast<std::uint32_t>(batch.sequences.size());
 

@@ -1,0 +1,421 @@
+#include "device_blocks.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "building_blocks.h"
+
+#include "rpa/memory/storage_type.h"
+
+namespace rpa::attention::internal {
+
+namespace {
+
+constexpr std::uint64_t kFloatBytes = sizeof(float);
+// Decode Q blocks: f32 queries per block (the Q and output DMAs of a block
+// each pay one issue latency; 512 KiB amortises it).
+constexpr std::uint64_t kDecodeQBlockBytes = std::uint64_t{512} * 1024;
+constexpr std::uint32_t kDecodeMaxComputeTokens = 2048;
+// KV block bytes >= this many times the bandwidth-delay product (HBM
+// bandwidth x DMA issue latency).
+constexpr double kDecodeDelayMargin = 4.0;
+// Flash: matrix rows (query tokens x group) per kv head and Q block.
+constexpr std::uint32_t kFlashRowsPerBlock = 1024;
+constexpr std::uint32_t kFlashKvTokensPerBlock = 512;
+constexpr std::uint32_t kFlashMaxComputeTokens = 512;
+
+std::uint32_t CeilDiv(std::uint64_t a, std::uint64_t b) {
+  return static_cast<std::uint32_t>((a + b - 1) / b);
+}
+
+// What the defaults and the layout need to know about one range.
+struct RangeShape {
+  std::uint32_t num_sequences = 0;
+  std::int32_t max_q_len = 0;
+  std::uint32_t max_pages = 0;  // pages of the longest sequence
+};
+
+std::array<RangeShape, kNumRanges> ShapeRanges(const ValidatedBatch& batch) {
+  std::array<RangeShape, kNumRanges> shapes{};
+  const std::uint32_t ps = batch.cache.page_size_tokens;
+  for (const SequenceSpan& span : batch.sequences) {
+    RangeShape& shape = shapes[span.range];
+    ++shape.num_sequences;
+    shape.max_q_len = std::max(shape.max_q_len, span.q_len);
+    shape.max_pages = std::max(
+        shape.max_pages, CeilDiv(static_cast<std::uint64_t>(span.kv_len), ps));
+  }
+  return shapes;
+}
+
+DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
+                               const ValidatedBatch& batch,
+                               const device::DeviceSpec& spec) {
+  const std::uint64_t q_token_bytes =
+      static_cast<std::uint64_t>(batch.shape.num_q_heads) *
+      batch.shape.head_dim * kFloatBytes;
+  const std::uint64_t page_bytes =
+      static_cast<std::uint64_t>(batch.cache.page_size_tokens) *
+      batch.cache.num_combined_heads * batch.cache.head_dim *
+      memory::StorageBytes(batch.cache.storage);
+  const std::uint32_t ps = batch.cache.page_size_tokens;
+  DeviceBlockSizes blocks;
+  if (kernel == KernelKind::kDecode) {
+    blocks.q_tokens_per_block = std::clamp<std::uint32_t>(
+        static_cast<std::uint32_t>(kDecodeQBlockBytes / q_token_bytes), 1,
+        std::max(1U, range.num_sequences));
+    const double delay_bytes = kDecodeDelayMargin * spec.hbm_bytes_per_s *
+                               spec.dma_issue_latency_ns * 1e-9;
+    const auto wanted_pages = static_cast<std::uint32_t>(std::max(
+        1.0, std::ceil(delay_bytes / static_cast<double>(page_bytes))));
+    // Equal blocks: with two slots, block k+1 is fetched when block k-1 is
+    // done, so a short block between two long ones leaves the next long
+    // one's issue latency exposed.
+    const std::uint32_t max_pages = std::max(1U, range.max_pages);
+    const std::uint32_t num_blocks = CeilDiv(max_pages, wanted_pages);
+    blocks.kv_pages_per_block = CeilDiv(max_pages, num_blocks);
+    blocks.compute_kv_tokens =
+        std::min(blocks.kv_pages_per_block * ps, kDecodeMaxComputeTokens);
+  } else {
+    blocks.q_tokens_per_block = std::clamp<std::uint32_t>(
+        kFlashRowsPerBlock / batch.group_size, 1,
+        static_cast<std::uint32_t>(std::max(1, range.max_q_len)));
+    blocks.kv_pages_per_block = std::clamp(CeilDiv(kFlashKvTokensPerBlock, ps),
+                                           1U, std::max(1U, range.max_pages));
+    blocks.compute_kv_tokens =
+        std::min(blocks.kv_pages_per_block * ps, kFlashMaxComputeTokens);
+  }
+  return blocks;
+}
+
+// The layout one range alone needs.
+VmemLayout RangeLayout(const ValidatedBatch& batch, KernelKind kernel,
+                       const RangeShape& range,
+                       const DeviceBlockSizes& blocks) {
+  const std::uint64_t hq = batch.shape.num_q_heads;
+  const std::uint64_t hkv = batch.shape.num_kv_heads;
+  const std::uint64_t dim = batch.shape.head_dim;
+  const std::uint64_t ps = batch.cache.page_size_tokens;
+  const std::uint64_t q_tokens = blocks.q_tokens_per_block;
+  const std::uint64_t block_tokens = blocks.kv_pages_per_block * ps;
+  const std::uint64_t compute_tokens =
+      std::min<std::uint64_t>(blocks.compute_kv_tokens, block_tokens);
+  // New tokens staged by one step: at most the block's, and at most q_len.
+  const std::uint64_t stage_tokens = std::min<std::uint64_t>(
+      block_tokens, static_cast<std::uint64_t>(std::max(1, range.max_q_len)));
+  const std::uint64_t step_rows =
+      (kernel == KernelKind::kDecode ? 1 : q_tokens) * batch.group_size;
+  VmemLayout layout;
+  layout.q_slot_bytes = q_tokens * hq * dim * kFloatBytes;
+  layout.out_slot_bytes = layout.q_slot_bytes;
+  layout.kv_slot_bytes = blocks.kv_pages_per_block * ps * 2 * hkv * dim *
+                         memory::StorageBytes(batch.cache.storage);
+  layout.stage_slot_bytes = stage_tokens * 2 * hkv * dim * kFloatBytes;
+  layout.scores_slot_bytes = step_rows * compute_tokens * kFloatBytes;
+  layout.pv_slot_bytes = step_rows * dim * kFloatBytes;
+  layout.acc_bytes = q_tokens * hq * dim * kFloatBytes;
+  layout.state_bytes = q_tokens * hq * 2 * kFloatBytes;
+  return layout;
+}
+
+VmemLayout MaxLayout(const VmemLayout& a, const VmemLayout& b) {
+  VmemLayout m;
+  m.q_slot_bytes = std::max(a.q_slot_bytes, b.q_slot_bytes);
+  m.out_slot_bytes = std::max(a.out_slot_bytes, b.out_slot_bytes);
+  m.kv_slot_bytes = std::max(a.kv_slot_bytes, b.kv_slot_bytes);
+  m.stage_slot_bytes = std::max(a.stage_slot_bytes, b.stage_slot_bytes);
+  m.scores_slot_bytes = std::max(a.scores_slot_bytes, b.scores_slot_bytes);
+  m.pv_slot_bytes = std::max(a.pv_slot_bytes, b.pv_slot_bytes);
+  m.acc_bytes = std::max(a.acc_bytes, b.acc_bytes);
+  m.state_bytes = std::max(a.state_bytes, b.state_bytes);
+  return m;
+}
+
+const DeviceBlockSizes& RequestedBlocks(const DeviceRunOptions& options,
+                                        KernelKind kernel) {
+  switch (kernel) {
+    case KernelKind::kDecode:
+      return options.decode_blocks;
+    case KernelKind::kPrefill:
+      return options.prefill_blocks;
+    case KernelKind::kMixed:
+      break;
+  }
+  return options.mixed_blocks;
+}
+
+// Halves `value` if it is > 1; false if it cannot shrink.
+bool Halve(std::uint32_t* value) {
+  if (*value <= 1) return false;
+  *value /= 2;
+  return true;
+}
+
+}  // namespace
+
+VmemLayout ComputeVmemLayout(const ValidatedBatch& batch,
+                             const DeviceBlockChoice& choice) {
+  const std::array<RangeShape, kNumRanges> shapes = ShapeRanges(batch);
+  VmemLayout layout;
+  for (int r = 0; r < kNumRanges; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    if (!choice.used[i]) continue;
+    layout = MaxLayout(layout, RangeLayout(batch, choice.kernels[i], shapes[i],
+                                           choice.sizes[i]));
+  }
+  return layout;
+}
+
+std::string DescribeBlocks(const DeviceBlockChoice& choice) {
+  std::string text;
+  for (std::size_t r = 0; r < kNumRanges; ++r) {
+    if (!choice.used[r]) continue;
+    if (!text.empty()) text += " + ";
+    const DeviceBlockSizes& b = choice.sizes[r];
+    text += fmt::format(
+        "{} kernel blocks (q_tokens_per_block {}, kv_pages_per_block {}, "
+        "compute_kv_tokens {})",
+        KernelKindName(choice.kernels[r]), b.q_tokens_per_block,
+        b.kv_pages_per_block, b.compute_kv_tokens);
+  }
+  return text;
+}
+
+StatusOr<DeviceBlockChoice> ChooseDeviceBlocks(const AttentionPlan& plan,
+                                               const DeviceRunOptions& options,
+                                               const device::DeviceSpec& spec) {
+  const ValidatedBatch& batch = plan.data().batch;
+  const std::array<RangeShape, kNumRanges> shapes = ShapeRanges(batch);
+  DeviceBlockChoice choice;
+  // Which fields may shrink (the caller left them 0).
+  std::array<DeviceBlockSizes, kNumRanges> shrinkable{};
+  for (int r = 0; r < kNumRanges; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    choice.kernels[i] = plan.kernel_for_range(r);
+    choice.used[i] = shapes[i].num_sequences > 0;
+    if (!choice.used[i]) continue;
+    const DeviceBlockSizes& requested =
+        RequestedBlocks(options, choice.kernels[i]);
+    const DeviceBlockSizes defaults =
+        DefaultBlocks(choice.kernels[i], shapes[i], batch, spec);
+    DeviceBlockSizes& sizes = choice.sizes[i];
+    const auto pick = [](std::uint32_t want, std::uint32_t fallback,
+                         std::uint32_t* can_shrink) {
+      *can_shrink = want == 0 ? 1 : 0;
+      return want != 0 ? want : fallback;
+    };
+    sizes.q_tokens_per_block =
+        pick(requested.q_tokens_per_block, defaults.q_tokens_per_block,
+             &shrinkable[i].q_tokens_per_block);
+    sizes.kv_pages_per_block =
+        pick(requested.kv_pages_per_block, defaults.kv_pages_per_block,
+             &shrinkable[i].kv_pages_per_block);
+    sizes.compute_kv_tokens =
+        pick(requested.compute_kv_tokens, defaults.compute_kv_tokens,
+             &shrinkable[i].compute_kv_tokens);
+    RPA_CHECK(sizes.q_tokens_per_block > 0 && sizes.kv_pages_per_block > 0 &&
+              sizes.compute_kv_tokens > 0);
+  }
+
+  while (ComputeVmemLayout(batch, choice).total_bytes() > spec.vmem_bytes) {
+    // The range whose buffers are largest shrinks one default-chosen field.
+    int largest = -1;
+    std::uint64_t largest_bytes = 0;
+    for (int r = 0; r < kNumRanges; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      if (!choice.used[i]) continue;
+      const DeviceBlockSizes& s = shrinkable[i];
+      const DeviceBlockSizes& b = choice.sizes[i];
+      const bool can_shrink =
+          (s.kv_pages_per_block != 0 && b.kv_pages_per_block > 1) ||
+          (s.q_tokens_per_block != 0 && b.q_tokens_per_block > 1) ||
+          (s.compute_kv_tokens != 0 && b.compute_kv_tokens > 1);
+      if (!can_shrink) continue;
+      const std::uint64_t bytes =
+          RangeLayout(batch, choice.kernels[i], shapes[i], b).total_bytes();
+      if (largest < 0 || bytes > largest_bytes) {
+        largest = r;
+        largest_bytes = bytes;
+      }
+    }
+    if (largest < 0) {
+      return InvalidArgumentError(fmt::format(
+          "the device's VMEM is too small for the schedule: {} need {} bytes "
+          "of VMEM (double-buffered Q, KV, new-KV staging, output, scores "
+          "and PV tiles, plus the accumulators), but device '{}' has "
+          "vmem_bytes = {}",
+          DescribeBlocks(choice),
+          ComputeVmemLayout(batch, choice).total_bytes(), spec.name,
+          spec.vmem_bytes));
+    }
+    const auto i = static_cast<std::size_t>(largest);
+    DeviceBlockSizes& b = choice.sizes[i];
+    const DeviceBlockSizes& s = shrinkable[i];
+    if (!(s.kv_pages_per_block != 0 && Halve(&b.kv_pages_per_block)) &&
+        !(s.q_tokens_per_block != 0 && Halve(&b.q_tokens_per_block))) {
+      Halve(&b.compute_kv_tokens);
+    }
+  }
+  // The sub-tile never exceeds the block.
+  for (std::size_t i = 0; i < kNumRanges; ++i) {
+    if (!choice.used[i]) continue;
+    DeviceBlockSizes& b = choice.sizes[i];
+    b.compute_kv_tokens =
+        std::min(b.compute_kv_tokens,
+                 b.kv_pages_per_block * batch.cache.page_size_tokens);
+  }
+  return choice;
+}
+
+namespace {
+
+class WalkBuilder {
+ public:
+  WalkBuilder(const ValidatedBatch& batch, DeviceWalk* walk)
+      : batch_(batch), walk_(walk), written_end_(batch.sequences.size()) {
+    for (std::size_t i = 0; i < batch.sequences.size(); ++i) {
+      const SequenceSpan& span = batch.sequences[i];
+      written_end_[i] = span.kv_len - span.q_len;  // gap: nothing written yet
+    }
+  }
+
+  void BeginQBlock(std::int32_t row_begin, std::int32_t row_end) {
+    DeviceQBlock block;
+    block.row_begin = row_begin;
+    block.row_end = row_end;
+    block.first_step = static_cast<std::uint32_t>(walk_->steps.size());
+    walk_->q_blocks.push_back(block);
+  }
+  void EndQBlock() {
+    RPA_CHECK(walk_->steps.size() > walk_->q_blocks.back().first_step);
+    walk_->q_blocks.back().last_step =
+        static_cast<std::uint32_t>(walk_->steps.size() - 1);
+  }
+
+  // The KV blocks of one segment: rows [first_query, first_query + rows) of
+  // sequence `sequence`, the Q block's rows from `local_row`.
+  void AddSegment(std::uint32_t sequence, std::int32_t local_row,
+                  std::int32_t first_query, std::int32_t rows,
+                  std::uint32_t kv_pages_per_block) {
+    const SequenceSpan& span = batch_.sequences[sequence];
+    const std::int32_t gap = span.kv_len - span.q_len;
+    const auto ps = static_cast<std::int32_t>(batch_.cache.page_size_tokens);
+    // Consecutive queries' visible ranges overlap or touch (each sees its
+    // own position), so the union is [first.begin, last.end).
+    const KeyRange first =
+        VisibleKeys(gap + first_query, span.kv_len, batch_.params);
+    const KeyRange last =
+        VisibleKeys(gap + first_query + rows - 1, span.kv_len, batch_.params);
+    const std::int32_t block_tokens =
+        static_cast<std::int32_t>(kv_pages_per_block) * ps;
+    const std::size_t first_step = walk_->steps.size();
+    for (std::int32_t block = first.begin / ps * ps; block < last.end;
+         block += block_tokens) {
+      const std::int32_t block_end =
+          std::min(block + block_tokens, span.kv_len);
+      DeviceStep step;
+      step.q_block = static_cast<std::uint32_t>(walk_->q_blocks.size() - 1);
+      step.sequence = sequence;
+      step.local_row = local_row;
+      step.num_rows = rows;
+      step.first_query = first_query;
+      step.block_begin = block;
+      step.compute_begin = std::max(block, first.begin);
+      step.compute_end = std::min(block_end, last.end);
+      // Positions [0, readable) are in the cache when this step's DMAs are
+      // issued: the cached ones, and the new tokens written back by steps
+      // <= k-2 (both schedules wait for those write-backs before issuing
+      // step k's DMAs). A sequence's steps are consecutive, so those are
+      // the ones it wrote up to step k-2.
+      const std::size_t k = walk_->steps.size();
+      std::int32_t readable = gap;
+      if (k >= 2 && walk_->steps[k - 2].sequence == sequence) {
+        readable = walk_->steps[k - 2].written_after;
+      }
+      step.fetch_end =
+          std::max(step.compute_begin, std::min(step.compute_end, readable));
+      // The computed new tokens not written yet: a prefix extension of what
+      // earlier steps wrote (a segment's compute ranges are adjacent, and
+      // its first one starts at or before its first query's own position,
+      // which is at or before the first unwritten token). Each new token is
+      // computed by its own query's segment, so all get written.
+      std::int32_t& written = written_end_[sequence];
+      step.write_begin = std::max({step.compute_begin, gap, written});
+      step.write_end = std::max(step.write_begin, step.compute_end);
+      if (step.write_end > step.write_begin) {
+        RPA_CHECK(written >= step.compute_begin);  // no hole
+        written = step.write_end;
+      }
+      // Staged: the computed keys that are not readable from the cache
+      // (they include the ones written back).
+      step.stage_begin = std::max(step.compute_begin, readable);
+      step.stage_end = std::max(step.stage_begin, step.compute_end);
+      step.written_after = written;
+      walk_->steps.push_back(step);
+    }
+    RPA_CHECK(walk_->steps.size() > first_step);
+    walk_->steps[first_step].first_of_segment = true;
+    walk_->steps.back().last_of_segment = true;
+  }
+
+  // Every new token written exactly once (the walk's invariant).
+  void CheckAllWritten() const {
+    for (std::size_t i = 0; i < batch_.sequences.size(); ++i) {
+      RPA_CHECK(written_end_[i] == batch_.sequences[i].kv_len);
+    }
+  }
+
+ private:
+  const ValidatedBatch& batch_;
+  DeviceWalk* walk_;
+  std::vector<std::int32_t> written_end_;  // per sequence
+};
+
+}  // namespace
+
+DeviceWalk BuildDeviceWalk(const ValidatedBatch& batch,
+                           const DeviceBlockChoice& choice) {
+  DeviceWalk walk;
+  WalkBuilder builder(batch, &walk);
+  const auto num_sequences = static_cast<std::uint32_t>(batch.sequences.size());
+  std::uint32_t i = 0;
+  while (i < num_sequences) {
+    const SequenceSpan& span = batch.sequences[i];
+    const DeviceBlockSizes& blocks = choice.sizes[span.range];
+    if (choice.kernels[span.range] == KernelKind::kDecode) {
+      // Consecutive decode sequences of the range (q_len 1 each: their rows
+      // are consecutive) share a Q block.
+      std::uint32_t end = i;
+      while (end < num_sequences && batch.sequences[end].range == span.range &&
+             end - i < blocks.q_tokens_per_block) {
+        ++end;
+      }
+      builder.BeginQBlock(span.q_begin, batch.sequences[end - 1].q_begin + 1);
+      for (std::uint32_t s = i; s < end; ++s) {
+        RPA_CHECK(batch.sequences[s].q_len == 1);
+        builder.AddSegment(s, batch.sequences[s].q_begin - span.q_begin,
+                           /*first_query=*/0, /*rows=*/1,
+                           blocks.kv_pages_per_block);
+      }
+      builder.EndQBlock();
+      i = end;
+      continue;
+    }
+    const auto q_tokens = static_cast<std::int32_t>(blocks.q_tokens_per_block);
+    for (std::int32_t q = 0; q < span.q_len; q += q_tokens) {
+      const std::int32_t rows = std::min(q_tokens, span.q_len - q);
+      builder.BeginQBlock(span.q_begin + q, span.q_begin + q + rows);
+      builder.AddSegment(i, /*local_row=*/0, q, rows,
+                         blocks.kv_pages_per_block);
+      builder.EndQBlock();
+    }
+    ++i;
+  }
+  builder.CheckAllWritten();
+  return walk;
+}
+
+}  // namespace rpa::attention::internal
