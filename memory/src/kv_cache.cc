@@ -297,6 +297,65 @@ class KvCache::Impl {
     return OkStatus();
   }
 
+  StatusOr<SequenceId> CreateSequenceFromPages(std::span<const PageId> pages,
+                                               std::uint32_t num_tokens) {
+    const std::uint32_t ps = config_.page_size_tokens;
+    if (num_tokens > kMaxLengthTokens) {
+      return InvalidArgumentError(
+          fmt::format("num_tokens {} is above 2^31 - 1", num_tokens));
+    }
+    if (pages.size() != DivideRoundUp(num_tokens, ps)) {
+      return InvalidArgumentError(fmt::format(
+          "num_tokens {} needs {} pages of {} tokens but pages has {} entries",
+          num_tokens, DivideRoundUp(num_tokens, ps), ps, pages.size()));
+    }
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      RPA_RETURN_IF_ERROR(
+          CheckAllocated(pages[i], fmt::format("pages[{}]", i)));
+    }
+    RPA_RETURN_IF_ERROR(CheckSequenceLimit());
+    std::uint32_t index = 0;
+    std::pmr::vector<PageId> table(resource_);
+    try {
+      table.assign(pages.begin(), pages.end());
+      // Distinct entries (README invariant 1): sort a copy and compare
+      // neighbours.
+      std::pmr::vector<PageId> sorted(table, resource_);
+      std::sort(sorted.begin(), sorted.end());
+      const auto repeated = std::adjacent_find(sorted.begin(), sorted.end());
+      if (repeated != sorted.end()) {
+        return InvalidArgumentError(fmt::format(
+            "page {} is listed twice in pages", PageIndex(*repeated)));
+      }
+      index = AcquireSlot();
+    } catch (const std::bad_alloc&) {
+      return MetadataExhausted(
+          fmt::format("a shared page table of {} entries", pages.size()));
+    }
+    for (PageId page : table) AddReference(page);
+    Slot& slot = slots_[index];
+    slot.live = true;
+    slot.length = num_tokens;
+    slot.pages = std::move(table);  // same resource: steals the buffer
+    ++num_sequences_;
+    return MakeSequenceId(index, slot.generation);
+  }
+
+  Status RetainPage(PageId page) {
+    RPA_RETURN_IF_ERROR(CheckAllocated(page, "page"));
+    AddReference(page);
+    return OkStatus();
+  }
+
+  Status ReleasePage(PageId page) {
+    RPA_RETURN_IF_ERROR(CheckAllocated(page, "page"));
+    if (DropReference(page) == 0) {
+      const Status freed = allocator_->Free(page);
+      RPA_CHECK_MSG(freed.ok(), freed.ToString().c_str());
+    }
+    return OkStatus();
+  }
+
   StatusOr<std::uint32_t> SequenceLength(SequenceId seq) const {
     RPA_ASSIGN_OR_RETURN(const std::uint32_t index, Find(seq));
     return slots_[index].length;
@@ -393,6 +452,20 @@ class KvCache::Impl {
                       raw, index, generation));
     }
     return index;
+  }
+
+  Status CheckAllocated(PageId page, std::string_view field) const {
+    if (PageIndex(page) >= config_.num_pages) {
+      return InvalidArgumentError(fmt::format("{} = {} is out of range [0, {})",
+                                              field, PageIndex(page),
+                                              config_.num_pages));
+    }
+    if (refcounts_[PageIndex(page)] == 0) {
+      return InvalidArgumentError(
+          fmt::format("{} = {} is not allocated (reference count 0)", field,
+                      PageIndex(page)));
+    }
+    return OkStatus();
   }
 
   Status CheckSequenceLimit() const {
@@ -532,6 +605,12 @@ Status KvCache::Reserve(SequenceId seq, std::uint32_t num_tokens) {
 Status KvCache::FreeSequence(SequenceId seq) {
   return impl_->FreeSequence(seq);
 }
+StatusOr<SequenceId> KvCache::CreateSequenceFromPages(
+    std::span<const PageId> pages, std::uint32_t num_tokens) {
+  return impl_->CreateSequenceFromPages(pages, num_tokens);
+}
+Status KvCache::RetainPage(PageId page) { return impl_->RetainPage(page); }
+Status KvCache::ReleasePage(PageId page) { return impl_->ReleasePage(page); }
 StatusOr<std::uint32_t> KvCache::SequenceLength(SequenceId seq) const {
   return impl_->SequenceLength(seq);
 }

@@ -92,11 +92,38 @@ Status JoinTask(TaskBase* task) {
 // ---- TaskBase
 // -----------------------------------------------------------------------
 
+namespace {
+
+// The calling non-worker thread's block cache, or null once the thread has
+// started destroying its thread_locals (a task freed from a later
+// destructor then goes straight to ::operator delete). t_foreign_cache_state
+// is trivially destructible, so reading it is valid at any point of the
+// thread's life.
+enum class ForeignCacheState : unsigned char { kUnused, kLive, kGone };
+thread_local ForeignCacheState t_foreign_cache_state =
+    ForeignCacheState::kUnused;
+
+struct ForeignCacheHolder {
+  ForeignTaskCache cache;
+  ~ForeignCacheHolder() { t_foreign_cache_state = ForeignCacheState::kGone; }
+};
+
+ForeignTaskCache* ForeignCache() {
+  if (t_foreign_cache_state == ForeignCacheState::kGone) return nullptr;
+  thread_local ForeignCacheHolder holder;
+  t_foreign_cache_state = ForeignCacheState::kLive;
+  return &holder.cache;
+}
+
+}  // namespace
+
 void* TaskBase::operator new(std::size_t bytes) {
   const std::size_t task_class = TaskClassOf(bytes);
   if (task_class == kNumTaskClasses) return ::operator new(bytes);
   if (Worker* worker = Worker::Current())
     return worker->task_cache().Allocate(task_class);
+  if (ForeignTaskCache* cache = ForeignCache())
+    return cache->Allocate(task_class);
   return ::operator new(TaskClassBytes(task_class));
 }
 
@@ -106,6 +133,8 @@ void TaskBase::operator delete(void* block, std::size_t bytes) noexcept {
     ::operator delete(block);
   } else if (Worker* worker = Worker::Current()) {
     worker->task_cache().Free(task_class, block);
+  } else if (ForeignTaskCache* cache = ForeignCache()) {
+    cache->Free(task_class, block);
   } else {
     ::operator delete(block);
   }

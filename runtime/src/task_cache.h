@@ -11,9 +11,10 @@
 // more tasks than it spawns (a thief: the last reference of a stolen task is
 // often dropped there) hands them to the worker that spawns them without a
 // malloc or a cross-thread free in between. Blocks are plain `::operator new`
-// blocks, so any thread may free one with `::operator delete` — a thread that
-// is not a worker (or a worker of an executor that has gone) does exactly
-// that. The pool is bounded (kPoolBlocks per class; beyond it blocks go back
+// blocks, so any thread may free one with `::operator delete`. A thread that
+// is not a worker keeps a small ForeignTaskCache of its own (below) and
+// spills beyond it to `::operator delete`; so does a thread whose
+// thread_locals are being destroyed. The pool is bounded (kPoolBlocks per class; beyond it blocks go back
 // to malloc) and everything is released when the executor is destroyed.
 //
 // Thread-safety: a TaskBlockCache belongs to its worker's thread; the pool
@@ -123,6 +124,54 @@ class TaskBlockCache {
     std::array<void*, kCapacity> blocks;
   };
   TaskBlockPool* const pool_;
+  std::array<Class, kNumTaskClasses> classes_;
+};
+
+// ForeignTaskCache: the block cache of a thread that is not a worker (an
+// embedding service's thread that spawns tasks and joins them, e.g. a
+// serving loop calling attention::Run with an executor). Its tasks' last
+// reference is usually dropped by its own Join, on this thread, so their
+// blocks come back here and the next spawn reuses them instead of calling
+// malloc. A block freed elsewhere (a worker dropped the last reference) goes
+// to that worker's cache; this cache then simply allocates a new one.
+// Bounded (kCapacity per class; beyond it blocks go back to malloc).
+//
+// Thread-safety: one per thread (thread_local in executor.cc); never shared.
+// The blocks travel between threads only inside tasks, whose reference
+// counts order the accesses.
+class ForeignTaskCache {
+ public:
+  static constexpr std::size_t kCapacity = 64;  // blocks per class
+
+  ForeignTaskCache() = default;
+  ForeignTaskCache(const ForeignTaskCache&) = delete;
+  ForeignTaskCache& operator=(const ForeignTaskCache&) = delete;
+  ~ForeignTaskCache() {
+    for (std::size_t c = 0; c < kNumTaskClasses; ++c) {
+      for (std::size_t i = 0; i < classes_[c].size; ++i)
+        ::operator delete(classes_[c].blocks[i]);
+    }
+  }
+
+  void* Allocate(std::size_t task_class) {
+    Class& c = classes_[task_class];
+    if (c.size == 0) return ::operator new(TaskClassBytes(task_class));
+    return c.blocks[--c.size];
+  }
+  void Free(std::size_t task_class, void* block) {
+    Class& c = classes_[task_class];
+    if (c.size == kCapacity) {
+      ::operator delete(block);
+      return;
+    }
+    c.blocks[c.size++] = block;
+  }
+
+ private:
+  struct Class {
+    std::size_t size = 0;
+    std::array<void*, kCapacity> blocks;
+  };
   std::array<Class, kNumTaskClasses> classes_;
 };
 

@@ -4,6 +4,8 @@
 //   rpa roofline [--threads N] [--json]
 //   rpa bench attention [--threads 1,2] [--repetitions N] [--json] [--filter
 //   REGEX]
+//   rpa bench pipeline [--device tpu7x|none] [--no-host] [--json]
+//   rpa tune --target host|v5e|v6e|tpu7x|FILE.json [--out FILE] [--quick]
 //
 // CLI11 reports usage errors by exception; they are caught here and turned
 // into its usual message and exit code. Anything else that throws (out of
@@ -73,6 +75,47 @@ int main(int argc, char** argv) {
                      "roofline bandwidth buffer size in MiB")
         ->check(CLI::Range(1, 1 << 20));
 
+    rpa::cli::BenchPipelineArgs pipeline;
+    CLI::App* bench_pipeline = bench_cmd->add_subcommand(
+        "pipeline",
+        "Serial vs pipelined schedules on a simulated device and the host: "
+        "makespan, busy time per unit, overlap efficiency, MBU, MFU");
+    bench_pipeline->add_option("--device", pipeline.device,
+                               "device preset or JSON file (none: skip)");
+    bench_pipeline->add_flag("--host,!--no-host", pipeline.host,
+                             "include the host rows");
+    bench_pipeline->add_option("--page-size", pipeline.page_size, "tokens")
+        ->check(CLI::Range(1, 4096));
+    bench_pipeline->add_option("--repetitions", pipeline.repetitions,
+                               "host rows: best of N")
+        ->check(CLI::Range(1, 1000));
+    bench_pipeline->add_flag("--json", pipeline.json,
+                             "print only a JSON array of rows on stdout");
+    bench_pipeline->add_option("--filter", pipeline.filter,
+                               "run the batches whose name contains this");
+    bench_pipeline->add_option(
+        "--trace-dir", pipeline.trace_dir,
+        "write each device row's Perfetto trace (trace-event JSON) here");
+
+    rpa::cli::TuneArgs tune;
+    CLI::App* tune_cmd = app.add_subcommand(
+        "tune",
+        "Regenerate the kernel selector's tuning table by search (simulated "
+        "time for a device, measured time for the host)");
+    tune_cmd->add_option("--target", tune.target, "host, v5e, v6e, tpu7x or a "
+                                                  "device JSON file");
+    tune_cmd->add_option("--out", tune.out,
+                         "write the table here (default: stdout)");
+    tune_cmd->add_option("--threads", tune.threads, "host: worker threads")
+        ->check(CLI::Range(1, 1024));
+    tune_cmd->add_option("--repetitions", tune.repetitions, "host: best of N")
+        ->check(CLI::Range(1, 1000));
+    tune_cmd->add_flag("--quick", tune.quick,
+                       "small shapes, few candidates (smoke test)");
+
+    rpa::cli::DemoArgs demo;
+    CLI::App* demo_cmd = rpa::cli::AddDemoCommand(app, &demo);
+
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -81,6 +124,9 @@ int main(int argc, char** argv) {
     if (attend_cmd->parsed()) return rpa::cli::RunAttend(attend);
     if (roofline_cmd->parsed()) return rpa::cli::RunRoofline(roofline);
     if (bench_attention->parsed()) return rpa::cli::RunBenchAttention(bench);
+    if (bench_pipeline->parsed()) return rpa::cli::RunBenchPipeline(pipeline);
+    if (tune_cmd->parsed()) return rpa::cli::RunTune(tune);
+    if (demo_cmd->parsed()) return rpa::cli::RunDemo(demo);
     std::fprintf(stderr, "rpa: no command\n");
     return 2;
   } catch (const std::exception& e) {

@@ -62,12 +62,22 @@ class Rng {
   std::uint64_t state_;
 };
 
-struct Spec {
-  memory::StorageType storage = memory::StorageType::kF16;
-  std::vector<WorkloadSequence> sequences;
-  std::array<std::int32_t, 3> distribution{};
-  std::optional<std::int32_t> chunk_prefill_size;
-};
+using Spec = AttentionWorkloadSpec;
+
+Spec Named(memory::StorageType storage, std::vector<WorkloadSequence> seqs,
+           std::array<std::int32_t, 3> distribution,
+           std::optional<std::int32_t> chunk = {}) {
+  Spec spec;
+  spec.storage = storage;
+  spec.num_q_heads = kNumQHeads;
+  spec.num_kv_heads = kNumKvHeads;
+  spec.head_dim = kHeadDim;
+  spec.page_size_tokens = kPageSizeTokens;
+  spec.sequences = std::move(seqs);
+  spec.distribution = distribution;
+  spec.chunk_prefill_size = chunk;
+  return spec;
+}
 
 std::vector<WorkloadSequence> Repeat(int count, WorkloadSequence seq) {
   return std::vector<WorkloadSequence>(static_cast<std::size_t>(count), seq);
@@ -86,30 +96,30 @@ std::vector<WorkloadSequence> AzurePrefill() {
 StatusOr<Spec> SpecFor(std::string_view name) {
   using memory::StorageType;
   if (name == "decode_32x2048_f16") {
-    return Spec{StorageType::kF16, Repeat(32, {1, 2048}), {32, 32, 32}, {}};
+    return Named(StorageType::kF16, Repeat(32, {1, 2048}), {32, 32, 32});
   }
   if (name == "decode_32x2048_f32") {
-    return Spec{StorageType::kF32, Repeat(32, {1, 2048}), {32, 32, 32}, {}};
+    return Named(StorageType::kF32, Repeat(32, {1, 2048}), {32, 32, 32});
   }
   if (name == "decode_32x8192_f16") {
-    return Spec{StorageType::kF16, Repeat(32, {1, 8192}), {32, 32, 32}, {}};
+    return Named(StorageType::kF16, Repeat(32, {1, 8192}), {32, 32, 32});
   }
   if (name == "decode_1x32768_f16") {
-    return Spec{StorageType::kF16, Repeat(1, {1, 32768}), {1, 1, 1}, {}};
+    return Named(StorageType::kF16, Repeat(1, {1, 32768}), {1, 1, 1});
   }
   if (name == "prefill_1x2048_f16") {
-    return Spec{StorageType::kF16, Repeat(1, {2048, 2048}), {0, 1, 1}, 2048};
+    return Named(StorageType::kF16, Repeat(1, {2048, 2048}), {0, 1, 1}, 2048);
   }
   if (name == "mixed_azure_f16") {
     std::vector<WorkloadSequence> seqs = AzureDecode();
     for (WorkloadSequence s : AzurePrefill()) seqs.push_back(s);
-    return Spec{StorageType::kF16, std::move(seqs), {24, 26, 26}, 512};
+    return Named(StorageType::kF16, std::move(seqs), {24, 26, 26}, 512);
   }
   if (name == "mixed_azure_f16_decode") {
-    return Spec{StorageType::kF16, AzureDecode(), {24, 24, 24}, {}};
+    return Named(StorageType::kF16, AzureDecode(), {24, 24, 24});
   }
   if (name == "mixed_azure_f16_prefill") {
-    return Spec{StorageType::kF16, AzurePrefill(), {0, 2, 2}, 512};
+    return Named(StorageType::kF16, AzurePrefill(), {0, 2, 2}, 512);
   }
   std::string known;
   for (const auto& info : kWorkloads) {
@@ -139,10 +149,28 @@ std::vector<std::int32_t> AzureDecodeKvLens() {
 StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
     std::string_view name, std::uint64_t seed) {
   RPA_ASSIGN_OR_RETURN(Spec spec, SpecFor(name));
+  return Create(name, spec, seed);
+}
+
+StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
+    std::string_view name, const AttentionWorkloadSpec& spec,
+    std::uint64_t seed) {
+  if (spec.num_q_heads == 0 || spec.num_kv_heads == 0 || spec.head_dim == 0 ||
+      spec.page_size_tokens == 0) {
+    return InvalidArgumentError(
+        "attention workload: heads, head_dim and page_size_tokens must be > 0");
+  }
+  if (spec.sequences.empty()) {
+    return InvalidArgumentError("attention workload: no sequences");
+  }
+  const std::uint32_t num_q_heads = spec.num_q_heads;
+  const std::uint32_t num_kv_heads = spec.num_kv_heads;
+  const std::uint32_t head_dim = spec.head_dim;
+  const std::uint32_t page_size = spec.page_size_tokens;
   std::unique_ptr<AttentionWorkload> w(new AttentionWorkload());
   w->name_ = std::string(name);
   w->sequences_ = spec.sequences;
-  w->params_.sm_scale = 1.0F / std::sqrt(static_cast<float>(kHeadDim));
+  w->params_.sm_scale = 1.0F / std::sqrt(static_cast<float>(head_dim));
   w->params_.causal = true;
   w->params_.chunk_prefill_size = spec.chunk_prefill_size;
 
@@ -152,8 +180,8 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
   std::int32_t total_tokens = 0;
   w->cu_q_lens_.push_back(0);
   for (const WorkloadSequence& s : spec.sequences) {
-    auto pages = (static_cast<std::uint32_t>(s.kv_len) + kPageSizeTokens - 1) /
-                 kPageSizeTokens;
+    auto pages =
+        (static_cast<std::uint32_t>(s.kv_len) + page_size - 1) / page_size;
     pages_per_seq = std::max(pages_per_seq, pages);
     total_pages += pages;
     total_tokens += s.q_len;
@@ -173,23 +201,23 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
   w->page_indices_.assign(num_seqs * pages_per_seq, 0);
   std::size_t next_page = 0;
   for (std::size_t i = 0; i < num_seqs; ++i) {
-    auto pages = (static_cast<std::size_t>(spec.sequences[i].kv_len) +
-                  kPageSizeTokens - 1) /
-                 kPageSizeTokens;
+    auto pages =
+        (static_cast<std::size_t>(spec.sequences[i].kv_len) + page_size - 1) /
+        page_size;
     for (std::size_t p = 0; p < pages; ++p) {
       w->page_indices_[i * pages_per_seq + p] = permutation[next_page++];
     }
   }
 
   w->shape_ = {.num_tokens = static_cast<std::uint32_t>(total_tokens),
-               .num_q_heads = kNumQHeads,
-               .num_kv_heads = kNumKvHeads,
-               .head_dim = kHeadDim};
+               .num_q_heads = num_q_heads,
+               .num_kv_heads = num_kv_heads,
+               .head_dim = head_dim};
   const auto tokens = static_cast<std::size_t>(total_tokens);
-  w->q_.resize(tokens * kNumQHeads * kHeadDim);
-  w->k_.resize(tokens * kNumKvHeads * kHeadDim);
-  w->v_.resize(tokens * kNumKvHeads * kHeadDim);
-  w->out_.resize(tokens * kNumQHeads * kHeadDim);
+  w->q_.resize(tokens * num_q_heads * head_dim);
+  w->k_.resize(tokens * num_kv_heads * head_dim);
+  w->v_.resize(tokens * num_kv_heads * head_dim);
+  w->out_.resize(tokens * num_q_heads * head_dim);
   FillSymmetric(rng, w->q_);
   FillSymmetric(rng, w->k_);
   FillSymmetric(rng, w->v_);
@@ -198,8 +226,8 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
                    : spec.storage == memory::StorageType::kF16 ? NpyDtype::kF16
                                                                : NpyDtype::kU16;
   RPA_ASSIGN_OR_RETURN(w->cache_buffer_,
-                       NpyArray::Create(dtype, {total_pages, kPageSizeTokens,
-                                                2 * kNumKvHeads, kHeadDim}));
+                       NpyArray::Create(dtype, {total_pages, page_size,
+                                                2 * num_kv_heads, head_dim}));
   // Fill in chunks: generate f32, convert to the cache's type.
   std::vector<float> chunk(8192);
   const std::size_t elements = w->cache_buffer_.num_elements();
@@ -214,13 +242,13 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
   memory::KvLayerView& view = w->cache_view_;
   view.data = w->cache_buffer_.data();
   view.num_pages = total_pages;
-  view.page_size_tokens = kPageSizeTokens;
-  view.num_combined_heads = 2 * kNumKvHeads;
-  view.head_dim = kHeadDim;
+  view.page_size_tokens = page_size;
+  view.num_combined_heads = 2 * num_kv_heads;
+  view.head_dim = head_dim;
   view.storage = spec.storage;
   view.token_bytes = static_cast<std::size_t>(view.num_combined_heads) *
-                     kHeadDim * element_bytes;
-  view.page_bytes = view.token_bytes * kPageSizeTokens;
+                     head_dim * element_bytes;
+  view.page_bytes = view.token_bytes * page_size;
   return w;
 }
 

@@ -138,6 +138,31 @@ class KvCache {
   // Drops the sequence; pages no other sequence references become free.
   Status FreeSequence(SequenceId seq);
 
+  // Page-level sharing (the scheduler's prefix cache).
+  //
+  // A new sequence of num_tokens tokens whose page table is `pages` (in
+  // order), taking one reference on each page: the pages hold the K/V of
+  // tokens [0, num_tokens) and are shared read-only. If num_tokens ends inside
+  // the last page and that page has another reference, the next Reserve
+  // copies it on write (as after Fork). Validated first, nothing changed on
+  // error: InvalidArgument unless pages.size() == ceil(num_tokens /
+  // page_size_tokens), for a page id out of range, a page that is not
+  // allocated (reference count 0), a page listed twice, or num_tokens above
+  // 2^31 - 1; ResourceExhausted at max_sequences or when the metadata budget
+  // cannot hold the table. Empty pages with num_tokens 0 is CreateSequence.
+  StatusOr<SequenceId> CreateSequenceFromPages(std::span<const PageId> pages,
+                                               std::uint32_t num_tokens);
+
+  // One more / one fewer reference on an allocated page, held by the caller
+  // outside any page table (the prefix cache keeps cached pages alive this
+  // way). A page whose last reference is released becomes free.
+  // InvalidArgument for a page out of range or not allocated (reference count
+  // 0), naming the page; nothing changed. RefCount counts these references
+  // too, and a page they share with a table is copied on write like a page
+  // shared by two tables.
+  Status RetainPage(PageId page);
+  Status ReleasePage(PageId page);
+
   StatusOr<std::uint32_t> SequenceLength(SequenceId seq) const;
   // Valid until the next mutating call.
   StatusOr<std::span<const PageId>> PageTable(SequenceId seq) const;
@@ -151,7 +176,8 @@ class KvCache {
                      std::uint32_t pages_per_sequence,
                      BatchPageTable* out) const;
 
-  // References held on a page (0 = free); 0 for an out-of-range id.
+  // References held on a page by page tables and RetainPage (0 = free); 0 for
+  // an out-of-range id.
   std::uint32_t RefCount(PageId page) const;
 
   // The layer's tensor; layer < num_layers (RPA_CHECK).

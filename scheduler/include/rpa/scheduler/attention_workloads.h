@@ -41,8 +41,10 @@
 //       w->metadata(), w->cache(), w->params(), {.parallelism = 2}));
 //   RPA_RETURN_IF_ERROR(attention::Run(plan, w->tensors(), executor));
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -75,6 +77,20 @@ struct WorkloadSequence {
 // 4000]); exposed for tests and documentation.
 std::vector<std::int32_t> AzureDecodeKvLens();
 
+// A custom batch in the same geometry family: Hq / Hkv / D, the page size
+// and the storage type are free; the rest (shuffled pages, seeded values,
+// causal, sm_scale 1/sqrt(D)) is as above.
+struct AttentionWorkloadSpec {
+  memory::StorageType storage = memory::StorageType::kBf16;
+  std::uint32_t num_q_heads = 32;
+  std::uint32_t num_kv_heads = 8;
+  std::uint32_t head_dim = 128;
+  std::uint32_t page_size_tokens = 16;
+  std::vector<WorkloadSequence> sequences;
+  std::array<std::int32_t, 3> distribution{};
+  std::optional<std::int32_t> chunk_prefill_size;
+};
+
 class AttentionWorkload {
  public:
   static constexpr std::uint64_t kDefaultSeed = 20240601;
@@ -83,6 +99,11 @@ class AttentionWorkload {
   // ResourceExhausted when the buffers cannot be allocated.
   static StatusOr<std::unique_ptr<AttentionWorkload>> Create(
       std::string_view name, std::uint64_t seed = kDefaultSeed);
+  // InvalidArgument for zero sizes or an empty sequence list (the batch's own
+  // validation happens when it is planned).
+  static StatusOr<std::unique_ptr<AttentionWorkload>> Create(
+      std::string_view name, const AttentionWorkloadSpec& spec,
+      std::uint64_t seed = kDefaultSeed);
 
   const std::string& name() const { return name_; }
   attention::BatchMetadata metadata() const;

@@ -1,0 +1,662 @@
+// Engine: option validation, creation, and the public calls. Every call
+// validates everything first and mutates after (engine.h, "Errors").
+
+#include "rpa/scheduler/engine.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <new>
+#include <string>
+#include <utility>
+
+#include "engine_impl.h"
+
+#include "rpa/attention/device_run.h"
+#include "rpa/device/device_spec.h"
+
+namespace rpa::scheduler {
+namespace {
+
+constexpr std::uint32_t kMaxTokens = std::numeric_limits<std::int32_t>::max();
+
+std::uint64_t DivideRoundUp(std::uint64_t value, std::uint64_t divisor) {
+  return (value + divisor - 1) / divisor;
+}
+
+Status Positive(const char* field, std::uint64_t value) {
+  if (value > 0) return OkStatus();
+  return InvalidArgumentError(
+      fmt::format("{} must be positive, got {}", field, value));
+}
+
+Status ValidateModel(const ModelShape& model) {
+  RPA_RETURN_IF_ERROR(Positive("model.num_layers", model.num_layers));
+  RPA_RETURN_IF_ERROR(Positive("model.num_q_heads", model.num_q_heads));
+  RPA_RETURN_IF_ERROR(Positive("model.num_kv_heads", model.num_kv_heads));
+  RPA_RETURN_IF_ERROR(Positive("model.head_dim", model.head_dim));
+  if (model.num_q_heads % model.num_kv_heads != 0) {
+    return InvalidArgumentError(fmt::format(
+        "model.num_q_heads {} is not a multiple of model.num_kv_heads {}",
+        model.num_q_heads, model.num_kv_heads));
+  }
+  if (!model.sliding_window_tokens.empty() &&
+      model.sliding_window_tokens.size() != model.num_layers) {
+    return InvalidArgumentError(fmt::format(
+        "model.sliding_window_tokens has {} entries; it must be empty or have "
+        "model.num_layers = {}",
+        model.sliding_window_tokens.size(), model.num_layers));
+  }
+  for (std::size_t l = 0; l < model.sliding_window_tokens.size(); ++l) {
+    const auto& window = model.sliding_window_tokens[l];
+    if (window.has_value() && *window <= 0) {
+      return InvalidArgumentError(
+          fmt::format("model.sliding_window_tokens[{}] = {}: sliding_window "
+                      "must be positive",
+                      l, *window));
+    }
+  }
+  if (model.soft_cap.has_value() &&
+      (*model.soft_cap == 0.0F || !std::isfinite(*model.soft_cap))) {
+    return InvalidArgumentError(fmt::format(
+        "model.soft_cap = {}: soft_cap must not be 0 and must be finite",
+        *model.soft_cap));
+  }
+  if (model.sm_scale.has_value() && !std::isfinite(*model.sm_scale)) {
+    return InvalidArgumentError(
+        fmt::format("model.sm_scale = {} is not finite", *model.sm_scale));
+  }
+  const auto storage = static_cast<int>(model.storage);
+  if (storage < 0 || storage > static_cast<int>(memory::StorageType::kBf16)) {
+    return InvalidArgumentError(
+        fmt::format("model.storage = {} is not f32, f16 or bf16", storage));
+  }
+  return OkStatus();
+}
+
+// The number of pages the options give, or InvalidArgument.
+StatusOr<std::uint32_t> ValidateOptions(const EngineOptions& options) {
+  RPA_RETURN_IF_ERROR(ValidateModel(options.model));
+  RPA_RETURN_IF_ERROR(Positive("page_size_tokens", options.page_size_tokens));
+  RPA_RETURN_IF_ERROR(
+      Positive("max_tokens_per_step", options.max_tokens_per_step));
+  RPA_RETURN_IF_ERROR(
+      Positive("max_requests_per_step", options.max_requests_per_step));
+  RPA_RETURN_IF_ERROR(Positive("max_requests", options.max_requests));
+  if (options.max_tokens_per_step > kMaxTokens) {
+    return InvalidArgumentError(
+        fmt::format("max_tokens_per_step {} is above 2^31 - 1",
+                    options.max_tokens_per_step));
+  }
+  if (options.max_requests > (1U << 24)) {
+    return InvalidArgumentError(
+        fmt::format("max_requests {} is above 2^24", options.max_requests));
+  }
+  if (options.chunk_prefill_tokens > options.max_tokens_per_step) {
+    return InvalidArgumentError(
+        fmt::format("chunk_prefill_tokens {} is above max_tokens_per_step {}",
+                    options.chunk_prefill_tokens, options.max_tokens_per_step));
+  }
+  if (options.executor == nullptr && options.num_workers < 1) {
+    return InvalidArgumentError(fmt::format(
+        "num_workers must be at least 1, got {}", options.num_workers));
+  }
+  if (options.executor != nullptr) {
+    if (options.executor->num_workers() < 1) {
+      return InvalidArgumentError(
+          "executor must have at least one worker (num_workers 0 runs only "
+          "when driven, and the engine's swap I/O runs in the background)");
+    }
+    if (options.executor->clock() != runtime::ClockKind::kReal) {
+      return InvalidArgumentError("executor must use the real clock");
+    }
+  }
+  const ModelShape& model = options.model;
+  if ((options.num_pages == 0) == (options.kv_budget_bytes == 0)) {
+    return InvalidArgumentError(fmt::format(
+        "exactly one of num_pages ({}) and kv_budget_bytes ({}) must be set",
+        options.num_pages, options.kv_budget_bytes));
+  }
+  std::uint64_t num_pages = options.num_pages;
+  if (options.kv_budget_bytes != 0) {
+    const std::uint64_t page_bytes_all_layers =
+        std::uint64_t{model.num_layers} * options.page_size_tokens * 2 *
+        model.num_kv_heads * model.head_dim *
+        memory::StorageBytes(model.storage);
+    num_pages = options.kv_budget_bytes / page_bytes_all_layers;
+    if (num_pages == 0) {
+      return InvalidArgumentError(fmt::format(
+          "kv_budget_bytes {} is less than one page of every layer ({} bytes)",
+          options.kv_budget_bytes, page_bytes_all_layers));
+    }
+  }
+  if (num_pages >= (std::uint64_t{1} << 31)) {
+    return InvalidArgumentError(
+        fmt::format("the KV budget gives {} pages, above 2^31 - 1", num_pages));
+  }
+  return static_cast<std::uint32_t>(num_pages);
+}
+
+// "host" (no device), a preset name, or a device JSON file.
+StatusOr<std::optional<device::DeviceSpec>> ResolveTarget(
+    const std::string& target) {
+  if (target == "host") return std::optional<device::DeviceSpec>();
+  StatusOr<device::DeviceSpec> preset = device::DevicePreset(target);
+  if (preset.ok()) return std::optional<device::DeviceSpec>(*preset);
+  std::error_code error;
+  if (!target.empty() && std::filesystem::is_regular_file(target, error)) {
+    RPA_ASSIGN_OR_RETURN(device::DeviceSpec spec,
+                         device::LoadDeviceSpec(target));
+    return std::optional<device::DeviceSpec>(std::move(spec));
+  }
+  return NotFoundError(fmt::format(
+      "target '{}' is neither \"host\", a device preset ({}) nor a device "
+      "JSON file",
+      target, fmt::join(device::DevicePresetNames(), ", ")));
+}
+
+std::int64_t NanosSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- lifecycle
+
+StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
+  RPA_ASSIGN_OR_RETURN(const std::uint32_t num_pages, ValidateOptions(options));
+  try {
+    auto impl = std::make_unique<Impl>(options);
+    RPA_RETURN_IF_ERROR(impl->Init(num_pages));
+    return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(
+        fmt::format("no memory for the engine's tables ({} pages)", num_pages));
+  }
+}
+
+Status Engine::Impl::Init(std::uint32_t num_pages) {
+  const ModelShape& model = options_.model;
+  num_pages_ = num_pages;
+  page_size_ = options_.page_size_tokens;
+  chunk_tokens_ = options_.chunk_prefill_tokens != 0
+                      ? options_.chunk_prefill_tokens
+                      : options_.max_tokens_per_step;
+  token_bytes_ = std::size_t{2} * model.num_kv_heads * model.head_dim *
+                 memory::StorageBytes(model.storage);
+  RPA_ASSIGN_OR_RETURN(device_spec_, ResolveTarget(options_.target));
+  if (options_.executor != nullptr) {
+    executor_ = options_.executor;
+  } else {
+    RPA_ASSIGN_OR_RETURN(
+        own_executor_,
+        runtime::Executor::Create({.num_workers = options_.num_workers}));
+    executor_ = own_executor_.get();
+  }
+  RPA_ASSIGN_OR_RETURN(cache_, memory::KvCache::Create(
+                                   {.num_pages = num_pages,
+                                    .page_size_tokens = page_size_,
+                                    .num_kv_heads = model.num_kv_heads,
+                                    .head_dim = model.head_dim,
+                                    .storage = model.storage,
+                                    .num_layers = model.num_layers,
+                                    .max_sequences = options_.max_requests}));
+  if (options_.enable_prefix_caching) {
+    prefix_ = std::make_unique<internal::PrefixCache>(cache_.get(), page_size_);
+  }
+  swap_ = std::make_unique<internal::SwapStore>(
+      options_.swap_directory, options_.max_swap_bytes,
+      options_.swap_fault_injector, cache_.get(), executor_);
+
+  // One parameter set per distinct sliding window.
+  attention::AttentionParams base;
+  base.sm_scale = model.sm_scale.value_or(
+      1.0F / std::sqrt(static_cast<float>(model.head_dim)));
+  base.soft_cap = model.soft_cap;
+  base.chunk_prefill_size = static_cast<std::int32_t>(chunk_tokens_);
+  layer_param_set_.resize(model.num_layers);
+  for (std::uint32_t l = 0; l < model.num_layers; ++l) {
+    attention::AttentionParams params = base;
+    if (!model.sliding_window_tokens.empty()) {
+      params.sliding_window = model.sliding_window_tokens[l];
+    }
+    std::uint32_t set = 0;
+    while (set < param_sets_.size() &&
+           param_sets_[set].sliding_window != params.sliding_window) {
+      ++set;
+    }
+    if (set == param_sets_.size()) param_sets_.push_back(params);
+    layer_param_set_[l] = set;
+  }
+  plans_.resize(param_sets_.size());
+  plan_options_.parallelism = std::max(executor_->num_workers(), 1);
+
+  // Everything a step touches is sized here, so steps do not allocate.
+  const std::uint32_t max_step = options_.max_requests_per_step;
+  running_.reserve(options_.max_requests);
+  waiting_.reserve(options_.max_requests);
+  io_pending_.reserve(options_.max_requests);
+  picks_.reserve(max_step);
+  batch_.reserve(max_step);
+  scheduled_.reserve(max_step);
+  cu_q_lens_.reserve(std::size_t{max_step} + 1);
+  step_seqs_.reserve(max_step);
+  page_table_.kv_lens.reserve(max_step);
+  attended_.assign(model.num_layers, 0);
+  page_scratch_.reserve(num_pages);
+  ref_scratch_.resize(num_pages);
+  requests_.reserve(options_.max_requests);
+  stats_.num_pages = num_pages;
+  return OkStatus();
+}
+
+Engine::Impl::~Impl() {
+  // Swap I/O reads and writes pages of the cache: let it land first.
+  for (Request* request : io_pending_) {
+    swap_->Wait(*request->io).IgnoreError();
+    request->io.reset();
+  }
+  io_pending_.clear();
+  for (auto& [id, request] : requests_) {
+    if (request->has_seq) FreeSeq(request.get());
+  }
+  if (prefix_ != nullptr) prefix_->Clear();
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+// ----------------------------------------------------------------- requests
+
+Status Engine::Impl::AddRequest(RequestId id,
+                                std::span<const std::int32_t> prompt,
+                                std::uint32_t max_new_tokens,
+                                const RequestOptions& opts) {
+  if (requests_.count(id) != 0) {
+    return InvalidArgumentError(
+        fmt::format("request id {} is already live", id));
+  }
+  if (prompt.empty()) {
+    return InvalidArgumentError(
+        fmt::format("request {}: prompt_tokens is empty", id));
+  }
+  for (std::size_t i = 0; i < prompt.size(); ++i) {
+    if (prompt[i] < 0) {
+      return InvalidArgumentError(fmt::format(
+          "request {}: prompt_tokens[{}] = {} is negative", id, i, prompt[i]));
+    }
+  }
+  if (max_new_tokens == 0) {
+    return InvalidArgumentError(
+        fmt::format("request {}: max_new_tokens must be positive, got 0", id));
+  }
+  // The KV of the last generated token is never computed.
+  const std::uint64_t most_tokens =
+      std::uint64_t{prompt.size()} + max_new_tokens - 1;
+  if (prompt.size() + std::uint64_t{max_new_tokens} > kMaxTokens) {
+    return InvalidArgumentError(fmt::format(
+        "request {}: prompt of {} tokens + max_new_tokens {} is above 2^31 - 1",
+        id, prompt.size(), max_new_tokens));
+  }
+  const std::uint64_t most_pages = DivideRoundUp(most_tokens, page_size_);
+  if (most_pages > num_pages_) {
+    return InvalidArgumentError(fmt::format(
+        "request {}: prompt of {} tokens + max_new_tokens {} needs up to {} "
+        "pages; the KV budget has {}",
+        id, prompt.size(), max_new_tokens, most_pages, num_pages_));
+  }
+  if (requests_.size() >= options_.max_requests) {
+    return ResourceExhaustedError(
+        fmt::format("max_requests {} requests are live; finish one first",
+                    options_.max_requests));
+  }
+  try {
+    auto request = std::make_unique<Request>();
+    request->id = id;
+    request->priority = opts.priority;
+    request->arrival = next_arrival_++;
+    request->tokens.reserve(prompt.size() + max_new_tokens);
+    request->tokens.assign(prompt.begin(), prompt.end());
+    request->prompt_len = static_cast<std::uint32_t>(prompt.size());
+    request->max_new = max_new_tokens;
+    // The step's page table holds up to max_requests_per_step rows of the
+    // longest request's pages: the next Plan sizes it once (not here: a
+    // planned step's page_indices must stay where they are).
+    table_entries_wanted_ =
+        std::max(table_entries_wanted_,
+                 std::size_t{options_.max_requests_per_step} * most_pages);
+    request->page_hashes.reserve(most_pages + 1);
+    request->page_refs.reserve(most_pages + 1);
+    Request* raw = request.get();
+    requests_.emplace(id, std::move(request));
+    waiting_.push_back(raw);  // capacity max_requests: cannot throw
+  } catch (const std::bad_alloc&) {
+    requests_.erase(id);
+    return ResourceExhaustedError(
+        fmt::format("request {}: no memory for its token list", id));
+  }
+  return OkStatus();
+}
+
+Status Engine::Impl::End(RequestId id, internal::PendingEnd kind) {
+  Request* request = Find(id);
+  if (request == nullptr) {
+    return NotFoundError(
+        fmt::format("request id {} names no live request", id));
+  }
+  if (planned_ && request->in_step) {
+    request->pending_end = kind;  // Commit or DiscardStep applies it
+    return OkStatus();
+  }
+  Release(request, kind);
+  return OkStatus();
+}
+
+StatusOr<RequestInfo> Engine::Impl::GetRequest(RequestId id) const {
+  const Request* request = Find(id);
+  if (request == nullptr) {
+    return NotFoundError(
+        fmt::format("request id {} names no live request", id));
+  }
+  return RequestInfo{.state = request->state,
+                     .prompt_tokens = request->prompt_len,
+                     .generated_tokens = request->generated,
+                     .max_new_tokens = request->max_new,
+                     .computed_tokens = request->computed,
+                     .prefix_hit_tokens = request->prefix_hit_tokens,
+                     .num_preemptions = request->num_preemptions,
+                     .priority = request->priority};
+}
+
+StatusOr<std::span<const std::int32_t>> Engine::Impl::RequestTokens(
+    RequestId id) const {
+  const Request* request = Find(id);
+  if (request == nullptr) {
+    return NotFoundError(
+        fmt::format("request id {} names no live request", id));
+  }
+  return std::span<const std::int32_t>(request->tokens);
+}
+
+Status Engine::Impl::ReadRequestKv(RequestId id, std::uint32_t layer,
+                                   std::span<std::byte> out) const {
+  const Request* request = Find(id);
+  if (request == nullptr) {
+    return NotFoundError(
+        fmt::format("request id {} names no live request", id));
+  }
+  if (layer >= options_.model.num_layers) {
+    return InvalidArgumentError(fmt::format("layer {} is out of range [0, {})",
+                                            layer, options_.model.num_layers));
+  }
+  if (request->state != RequestState::kRunning || !request->has_seq) {
+    return FailedPreconditionError(
+        fmt::format("request {}: its KV is not in the cache (state {})", id,
+                    static_cast<int>(request->state)));
+  }
+  const std::size_t expected = std::size_t{request->computed} * token_bytes_;
+  if (out.size() != expected) {
+    return InvalidArgumentError(fmt::format(
+        "out has {} bytes; request {} has {} computed tokens x {} bytes = {}",
+        out.size(), id, request->computed, token_bytes_, expected));
+  }
+  RPA_ASSIGN_OR_RETURN(std::span<const memory::PageId> table,
+                       cache_->PageTable(request->seq));
+  const memory::KvLayerView view = cache_->Layer(layer);
+  for (std::uint32_t t = 0; t < request->computed; ++t) {
+    const std::byte* slot =
+        view.SlotAddress(table[t / page_size_], t % page_size_);
+    std::copy(slot, slot + token_bytes_,
+              out.begin() + static_cast<std::ptrdiff_t>(t * token_bytes_));
+  }
+  return OkStatus();
+}
+
+// --------------------------------------------------------------------- step
+
+Status Engine::Impl::Attend(std::uint32_t layer, std::span<const float> q,
+                            std::span<const float> k, std::span<const float> v,
+                            std::span<float> out) {
+  const auto start = std::chrono::steady_clock::now();
+  const ModelShape& model = options_.model;
+  if (!planned_) {
+    return FailedPreconditionError("Attend: no step is planned (call Plan)");
+  }
+  if (layer >= model.num_layers) {
+    return InvalidArgumentError(fmt::format("layer {} is out of range [0, {})",
+                                            layer, model.num_layers));
+  }
+  if (attended_[layer] != 0) {
+    return FailedPreconditionError(fmt::format(
+        "layer {} was already attended in step {}", layer, plan_.step_index));
+  }
+  const std::size_t tokens = plan_.num_tokens;
+  const std::size_t q_size = tokens * model.num_q_heads * model.head_dim;
+  const std::size_t kv_size = tokens * model.num_kv_heads * model.head_dim;
+  const auto check = [&](const char* name, std::size_t got,
+                         std::size_t expected) {
+    return got == expected
+               ? OkStatus()
+               : InvalidArgumentError(fmt::format(
+                     "{} has {} floats; step {} needs T {} x {} x D {} = {}",
+                     name, got, plan_.step_index, tokens,
+                     name[0] == 'k' || name[0] == 'v' ? "Hkv" : "Hq",
+                     model.head_dim, expected));
+  };
+  RPA_RETURN_IF_ERROR(check("q", q.size(), q_size));
+  RPA_RETURN_IF_ERROR(check("k", k.size(), kv_size));
+  RPA_RETURN_IF_ERROR(check("v", v.size(), kv_size));
+  RPA_RETURN_IF_ERROR(check("out", out.size(), q_size));
+  if (tokens > 0) {
+    const attention::AttentionPlan& plan = *plans_[layer_param_set_[layer]];
+    const attention::BatchTensors tensors{q, k, v, cache_->Layer(layer), out};
+    const auto kernel_start = std::chrono::steady_clock::now();
+    if (device_spec_.has_value()) {
+      // The simulated TPU: same numerics, plus simulated time and traffic.
+      RPA_ASSIGN_OR_RETURN(
+          const attention::DeviceRunReport report,
+          attention::RunOnDevice(plan, tensors, *device_spec_));
+      stats_.simulated_us += report.simulated_us;
+      stats_.simulated_bytes += report.bytes_moved;
+      stats_.simulated_flops += report.flops;
+      step_simulated_us_ += report.simulated_us;
+    } else {
+      RPA_RETURN_IF_ERROR(attention::Run(plan, tensors, executor_));
+    }
+    stats_.kernel_ns += static_cast<std::uint64_t>(NanosSince(kernel_start));
+    for (std::size_t range = 0; range < 3; ++range) {
+      const std::int32_t begin = range == 0 ? 0 : plan_.distribution[range - 1];
+      if (plan_.distribution[range] > begin) {
+        ++stats_.kernel_calls[static_cast<std::size_t>(
+            plan.kernel_for_range(static_cast<int>(range)))];
+      }
+    }
+  }
+  attended_[layer] = 1;
+  ++num_attended_;
+  stats_.attend_ns += static_cast<std::uint64_t>(NanosSince(start));
+  return OkStatus();
+}
+
+Status Engine::Impl::Commit(std::span<const std::int32_t> sampled_tokens) {
+  const auto start = std::chrono::steady_clock::now();
+  if (!planned_) {
+    return FailedPreconditionError("Commit: no step is planned (call Plan)");
+  }
+  if (!plan_.empty() && num_attended_ != options_.model.num_layers) {
+    std::uint32_t missing = 0;
+    while (attended_[missing] != 0) ++missing;
+    return FailedPreconditionError(fmt::format(
+        "Commit: step {} attended {} of {} layers (layer {} is missing)",
+        plan_.step_index, num_attended_, options_.model.num_layers, missing));
+  }
+  if (sampled_tokens.size() != plan_.num_output_tokens) {
+    return InvalidArgumentError(fmt::format(
+        "sampled_tokens has {} entries; step {} produces {} tokens",
+        sampled_tokens.size(), plan_.step_index, plan_.num_output_tokens));
+  }
+  for (std::size_t i = 0; i < sampled_tokens.size(); ++i) {
+    if (sampled_tokens[i] < 0) {
+      return InvalidArgumentError(fmt::format(
+          "sampled_tokens[{}] = {} is negative", i, sampled_tokens[i]));
+    }
+  }
+  std::size_t next_token = 0;
+  for (std::size_t i = 0; i < batch_.size(); ++i) {
+    Request* request = batch_[i].request;
+    const ScheduledRequest& entry = scheduled_[i];
+    request->computed += entry.num_tokens;
+    if (entry.is_prefill) {
+      stats_.prefill_tokens += entry.num_tokens;
+    } else {
+      stats_.decode_tokens += entry.num_tokens;
+    }
+    if (entry.produces_token) {
+      request->tokens.push_back(sampled_tokens[next_token++]);
+      ++request->generated;
+      ++stats_.generated_tokens;
+    }
+    RegisterFullPages(request);
+    request->in_step = false;
+    const internal::PendingEnd pending = request->pending_end;
+    if (pending != internal::PendingEnd::kNone) {
+      Release(request, pending);
+    } else if (request->generated == request->max_new) {
+      Release(request, internal::PendingEnd::kFinish);
+    }
+  }
+  if (!plan_.empty()) ++stats_.steps;
+  if (device_spec_.has_value()) {
+    stats_.last_step_simulated_us = step_simulated_us_;
+  }
+  step_simulated_us_ = 0;
+  planned_ = false;
+  stats_.commit_ns += static_cast<std::uint64_t>(NanosSince(start));
+  return OkStatus();
+}
+
+Status Engine::Impl::DiscardStep() {
+  if (!planned_) {
+    return FailedPreconditionError(
+        "DiscardStep: no step is planned (call Plan)");
+  }
+  // The tokens stay uncomputed; the pages reserved for them stay with their
+  // requests and are reused when the tokens are scheduled again.
+  for (const internal::Pick& pick : batch_) {
+    Request* request = pick.request;
+    request->in_step = false;
+    if (request->pending_end != internal::PendingEnd::kNone) {
+      Release(request, request->pending_end);
+    }
+  }
+  step_simulated_us_ = 0;
+  planned_ = false;
+  return OkStatus();
+}
+
+EngineStats Engine::Impl::Stats() const {
+  EngineStats stats = stats_;
+  const memory::KvCacheStats cache = cache_->Stats();
+  stats.num_pages = cache.num_pages;
+  stats.used_pages = cache.used_pages;
+  stats.free_pages = cache.free_pages;
+  stats.high_water_pages = cache.high_water_pages;
+  if (prefix_ != nullptr) {
+    stats.cached_pages = prefix_->num_cached();
+    stats.evictable_pages = prefix_->num_evictable();
+    stats.prefix_evictions = prefix_->evictions();
+  }
+  stats.prefix_hit_rate =
+      stats.prefix_query_tokens == 0
+          ? 0.0
+          : static_cast<double>(stats.prefix_hit_tokens) /
+                static_cast<double>(stats.prefix_query_tokens);
+  stats.waiting_requests = 0;
+  stats.swapped_requests = 0;
+  for (const Request* request : waiting_) {
+    if (request->state == RequestState::kWaiting) {
+      ++stats.waiting_requests;
+    } else {
+      ++stats.swapped_requests;
+    }
+  }
+  // Requests with swap I/O in flight: swapping out or in.
+  stats.swapped_requests += static_cast<std::uint32_t>(io_pending_.size());
+  stats.running_requests = static_cast<std::uint32_t>(running_.size());
+  if (device_spec_.has_value()) {
+    stats.simulated = true;
+    const double seconds = stats.simulated_us * 1e-6;
+    if (seconds > 0) {
+      stats.mbu =
+          stats.simulated_bytes / seconds / device_spec_->hbm_bytes_per_s;
+      stats.mfu =
+          stats.simulated_flops / seconds / device_spec_->matrix_peak_flops;
+    }
+  }
+  return stats;
+}
+
+// ------------------------------------------------------------ public calls
+
+Status Engine::AddRequest(RequestId id,
+                          std::span<const std::int32_t> prompt_tokens,
+                          std::uint32_t max_new_tokens,
+                          const RequestOptions& options) {
+  return impl_->AddRequest(id, prompt_tokens, max_new_tokens, options);
+}
+// Plan and Attend reach into the attention library, whose plans and task
+// lists are heap vectors: an allocation failure there becomes a Status.
+StatusOr<const StepPlan*> Engine::Plan() {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    StatusOr<const StepPlan*> plan = impl_->Plan();
+    impl_->AddPlanTime(static_cast<std::uint64_t>(NanosSince(start)));
+    return plan;
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError("Plan: out of memory for the step's plans");
+  }
+}
+Status Engine::Attend(std::uint32_t layer, std::span<const float> q,
+                      std::span<const float> k, std::span<const float> v,
+                      std::span<float> out) {
+  try {
+    return impl_->Attend(layer, q, k, v, out);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(
+        fmt::format("Attend: out of memory in layer {}", layer));
+  }
+}
+Status Engine::Commit(std::span<const std::int32_t> sampled_tokens) {
+  return impl_->Commit(sampled_tokens);
+}
+Status Engine::DiscardStep() { return impl_->DiscardStep(); }
+Status Engine::Finish(RequestId id) {
+  return impl_->End(id, internal::PendingEnd::kFinish);
+}
+Status Engine::Abort(RequestId id) {
+  return impl_->End(id, internal::PendingEnd::kAbort);
+}
+StatusOr<RequestInfo> Engine::GetRequest(RequestId id) const {
+  return impl_->GetRequest(id);
+}
+StatusOr<std::span<const std::int32_t>> Engine::RequestTokens(
+    RequestId id) const {
+  return impl_->RequestTokens(id);
+}
+Status Engine::ReadRequestKv(RequestId id, std::uint32_t layer,
+                             std::span<std::byte> out) const {
+  return impl_->ReadRequestKv(id, layer, out);
+}
+Status Engine::CheckInvariants() const { return impl_->CheckInvariants(); }
+bool Engine::HasWork() const { return impl_->has_work(); }
+bool Engine::step_planned() const { return impl_->planned(); }
+std::uint32_t Engine::num_pages() const { return impl_->num_pages(); }
+const EngineOptions& Engine::options() const { return impl_->options(); }
+EngineStats Engine::Stats() const { return impl_->Stats(); }
+
+}  // namespace rpa::scheduler

@@ -1,0 +1,221 @@
+#include "rpa/scheduler/selector.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace rpa::scheduler {
+namespace {
+
+using attention::KernelKind;
+
+constexpr std::uint32_t RoundUp(std::uint32_t value, std::uint32_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// What one range of the distribution holds.
+struct RangeShape {
+  std::uint32_t num_sequences = 0;
+  std::uint32_t max_q_len = 0;
+  std::uint32_t max_kv_len = 0;
+};
+
+RangeShape DescribeRange(const attention::BatchMetadata& metadata, int range) {
+  const auto r = static_cast<std::size_t>(range);
+  const auto begin =
+      static_cast<std::size_t>(range == 0 ? 0 : metadata.distribution[r - 1]);
+  const auto end = static_cast<std::size_t>(metadata.distribution[r]);
+  RangeShape shape;
+  for (std::size_t i = begin; i < end; ++i) {
+    const auto q_len = static_cast<std::uint32_t>(metadata.cu_q_lens[i + 1] -
+                                                  metadata.cu_q_lens[i]);
+    shape.max_q_len = std::max(shape.max_q_len, q_len);
+    shape.max_kv_len = std::max(
+        shape.max_kv_len, static_cast<std::uint32_t>(metadata.kv_lens[i]));
+    ++shape.num_sequences;
+  }
+  return shape;
+}
+
+KernelKind KernelFor(int range, const RangeShape& shape) {
+  if (range == 0) return KernelKind::kDecode;
+  if (range == 1) return KernelKind::kPrefill;
+  return shape.max_q_len == 1 ? KernelKind::kDecode : KernelKind::kMixed;
+}
+
+// The documented fallback rule (selector.h) for a device.
+void DeviceFallback(KernelKind kernel, const TuningKey& key,
+                    KernelChoice* choice) {
+  const std::uint32_t page = key.page_size;
+  if (kernel == KernelKind::kDecode) {
+    choice->q_tokens_per_block = 1;
+    choice->kv_tokens_per_block = std::max(page, 1024 / page * page);
+    choice->compute_kv_tokens =
+        std::min<std::uint32_t>(512, choice->kv_tokens_per_block);
+  } else {
+    choice->q_tokens_per_block =
+        std::min<std::uint32_t>(256, RoundUp(std::max(key.max_q_len, 1U), 8));
+    choice->kv_tokens_per_block = std::max(page, 512 / page * page);
+    choice->compute_kv_tokens =
+        std::min<std::uint32_t>(256, choice->kv_tokens_per_block);
+  }
+}
+
+// Halves kv (page multiples), then q, until the footprint fits.
+void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
+             std::uint32_t page, std::uint64_t vmem_bytes,
+             KernelChoice* choice) {
+  while (VmemFootprint(choice->q_tokens_per_block, choice->kv_tokens_per_block,
+                       shape, storage) > vmem_bytes) {
+    if (choice->kv_tokens_per_block > page) {
+      choice->kv_tokens_per_block =
+          std::max(page, choice->kv_tokens_per_block / 2 / page * page);
+    } else if (choice->q_tokens_per_block > 1) {
+      choice->q_tokens_per_block /= 2;
+    } else {
+      break;  // one token and one page: RunOnDevice reports the shortfall
+    }
+  }
+  choice->compute_kv_tokens =
+      std::min(choice->compute_kv_tokens, choice->kv_tokens_per_block);
+}
+
+attention::DeviceBlockSizes ToDeviceBlocks(const KernelChoice& choice,
+                                           std::uint32_t page) {
+  return {.q_tokens_per_block = choice.q_tokens_per_block,
+          .kv_pages_per_block = std::max(1U, choice.kv_tokens_per_block / page),
+          .compute_kv_tokens = choice.compute_kv_tokens};
+}
+
+}  // namespace
+
+std::uint64_t VmemFootprint(std::uint32_t q_tokens_per_block,
+                            std::uint32_t kv_tokens_per_block,
+                            const attention::BatchShape& shape,
+                            memory::StorageType storage) {
+  const std::uint64_t q = q_tokens_per_block;
+  const std::uint64_t kv = kv_tokens_per_block;
+  const std::uint64_t hq = shape.num_q_heads;
+  const std::uint64_t hkv = shape.num_kv_heads;
+  const std::uint64_t d = shape.head_dim;
+  const std::uint64_t q_block = q * hq * d * 4;
+  const std::uint64_t kv_block =
+      kv * 2 * hkv * d * memory::StorageBytes(storage);
+  const std::uint64_t staging = q * 2 * hkv * d * 4;
+  const std::uint64_t out_block = q * hq * d * 4;
+  const std::uint64_t softmax_state = q * hq * (d + 2) * 4;
+  return 2 * (q_block + kv_block + staging + out_block) + softmax_state;
+}
+
+KernelSelector::KernelSelector(std::string target,
+                               std::optional<device::DeviceSpec> device,
+                               TuningTable table)
+    : target_(std::move(target)),
+      device_(std::move(device)),
+      table_(std::move(table)) {}
+
+StatusOr<KernelSelector> KernelSelector::Create(std::string_view target) {
+  std::optional<device::DeviceSpec> spec;
+  std::string name(target);
+  if (target != "host") {
+    RPA_ASSIGN_OR_RETURN(device::DeviceSpec resolved,
+                         device::ResolveDeviceSpec(target));
+    name = resolved.name;
+    spec = std::move(resolved);
+  }
+  TuningTable table = TuningTable::Shipped(name);
+  return KernelSelector(std::move(name), std::move(spec), std::move(table));
+}
+
+StatusOr<KernelSelector> KernelSelector::Create(std::string_view target,
+                                                TuningTable table) {
+  RPA_ASSIGN_OR_RETURN(KernelSelector selector, Create(target));
+  if (table.target() != selector.target_) {
+    return InvalidArgumentError("tuning table target \"" + table.target() +
+                                "\" does not match the target \"" +
+                                selector.target_ + "\"");
+  }
+  selector.table_ = std::move(table);
+  return selector;
+}
+
+Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
+                                 const memory::KvLayerView& cache,
+                                 int parallelism) const {
+  Selection selection;
+  selection.plan_options.parallelism = std::max(parallelism, 1);
+  const attention::BatchShape& shape = metadata.shape;
+  const std::uint32_t page = std::max(cache.page_size_tokens, 1U);
+  for (int range = 0; range < 3; ++range) {
+    KernelChoice& choice = selection.ranges[static_cast<std::size_t>(range)];
+    const RangeShape described = DescribeRange(metadata, range);
+    choice.kernel = KernelFor(range, described);
+    choice.used = described.num_sequences > 0;
+    choice.key = {.storage = cache.storage,
+                  .head_dim = shape.head_dim,
+                  .q_per_kv = shape.num_kv_heads == 0
+                                  ? 0
+                                  : shape.num_q_heads / shape.num_kv_heads,
+                  .page_size = cache.page_size_tokens,
+                  .max_q_len = described.max_q_len,
+                  .max_kv_len = described.max_kv_len};
+    if (choice.used) {
+      if (const TuningEntry* entry = table_.Find(choice.kernel, choice.key)) {
+        choice.from_table = true;
+        choice.q_tokens_per_block = entry->q_tokens_per_block;
+        choice.kv_tokens_per_block = entry->kv_tokens_per_block;
+        choice.compute_kv_tokens = entry->compute_kv_tokens;
+      } else if (device_.has_value()) {
+        DeviceFallback(choice.kernel, choice.key, &choice);
+      }
+      if (device_.has_value()) {
+        choice.kv_tokens_per_block =
+            std::max(page, choice.kv_tokens_per_block / page * page);
+        if (choice.q_tokens_per_block == 0) choice.q_tokens_per_block = 1;
+        if (choice.compute_kv_tokens == 0) {
+          choice.compute_kv_tokens = choice.kv_tokens_per_block;
+        }
+        FitVmem(shape, cache.storage, page, device_->vmem_bytes, &choice);
+      }
+    }
+    switch (range) {
+      case 0:
+        selection.plan_options.decode_range_kernel = choice.kernel;
+        break;
+      case 1:
+        selection.plan_options.prefill_range_kernel = choice.kernel;
+        break;
+      default:
+        selection.plan_options.mixed_range_kernel = choice.kernel;
+        break;
+    }
+    if (!choice.used) continue;
+    const attention::BlockSizes host_blocks{
+        .q_tokens_per_block = choice.q_tokens_per_block,
+        .kv_tokens_per_block = choice.kv_tokens_per_block};
+    if (device_.has_value()) {
+      const attention::DeviceBlockSizes blocks = ToDeviceBlocks(choice, page);
+      switch (choice.kernel) {
+        case KernelKind::kDecode:
+          selection.device_options.decode_blocks = blocks;
+          break;
+        case KernelKind::kPrefill:
+          selection.device_options.prefill_blocks = blocks;
+          break;
+        case KernelKind::kMixed:
+          selection.device_options.mixed_blocks = blocks;
+          break;
+      }
+    } else if (choice.kernel == KernelKind::kPrefill) {
+      selection.plan_options.prefill_blocks = host_blocks;
+    } else if (choice.kernel == KernelKind::kMixed) {
+      selection.plan_options.mixed_blocks = host_blocks;
+    } else if (choice.from_table) {
+      // The host decode kernel's only knob: keys per KV split.
+      selection.plan_options.decode_min_kv_tokens_per_split =
+          choice.kv_tokens_per_block;
+    }
+  }
+  return selection;
+}
+
+}  // namespace rpa::scheduler

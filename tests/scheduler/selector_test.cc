@@ -1,0 +1,195 @@
+#include "rpa/scheduler/selector.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "rpa/attention/plan.h"
+
+namespace rpa::scheduler {
+namespace {
+
+using attention::KernelKind;
+
+// Metadata for sequences given as (q_len, kv_len) with a distribution; Hq 32,
+// Hkv 8, D 128; enough pages for everything (the selector reads shapes only).
+struct Batch {
+  std::vector<std::int32_t> kv_lens, page_indices, cu_q_lens, distribution;
+  attention::BatchMetadata metadata;
+  memory::KvLayerView cache;
+
+  Batch(std::vector<std::pair<int, int>> seqs, std::vector<int> dist,
+        std::uint32_t page_size = 16,
+        memory::StorageType storage = memory::StorageType::kBf16) {
+    cu_q_lens.push_back(0);
+    std::uint32_t pps = 1;
+    for (auto [q, kv] : seqs) {
+      kv_lens.push_back(kv);
+      cu_q_lens.push_back(cu_q_lens.back() + q);
+      pps = std::max(
+          pps, (static_cast<std::uint32_t>(kv) + page_size - 1) / page_size);
+    }
+    page_indices.assign(seqs.size() * pps, 0);
+    std::int32_t next = 0;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const auto pages = (seqs[i].second + static_cast<int>(page_size) - 1) /
+                         static_cast<int>(page_size);
+      for (int p = 0; p < pages; ++p) page_indices[i * pps + p] = next++;
+    }
+    distribution.assign(dist.begin(), dist.end());
+    metadata = {
+        .shape = {.num_tokens = static_cast<std::uint32_t>(cu_q_lens.back()),
+                  .num_q_heads = 32,
+                  .num_kv_heads = 8,
+                  .head_dim = 128},
+        .kv_lens = kv_lens,
+        .page_indices = page_indices,
+        .cu_q_lens = cu_q_lens,
+        .distribution = distribution};
+    cache.num_pages = static_cast<std::uint32_t>(std::max(next, 1));
+    cache.page_size_tokens = page_size;
+    cache.num_combined_heads = 16;
+    cache.head_dim = 128;
+    cache.storage = storage;
+    cache.token_bytes = 16 * 128 * memory::StorageBytes(storage);
+    cache.page_bytes = cache.token_bytes * page_size;
+    cache.data = nullptr;  // the selector and planning never read it
+  }
+};
+
+TEST(SelectorTest, DecodeOnlyBatchUsesTheDecodeKernelOnly) {
+  auto selector = KernelSelector::Create("tpu7x", TuningTable("tpu7x", {}));
+  ASSERT_TRUE(selector.ok()) << selector.status().ToString();
+  Batch batch({{1, 2048}, {1, 100}, {1, 700}}, {3, 3, 3});
+  Selection s = selector->Select(batch.metadata, batch.cache);
+  EXPECT_TRUE(s.ranges[0].used);
+  EXPECT_EQ(s.ranges[0].kernel, KernelKind::kDecode);
+  EXPECT_EQ(s.ranges[0].key.max_kv_len, 2048U);
+  EXPECT_EQ(s.ranges[0].key.q_per_kv, 4U);
+  EXPECT_FALSE(s.ranges[1].used);
+  EXPECT_FALSE(s.ranges[2].used);
+  // Fallback rule (empty table): decode q 1, kv 1024 tokens, sub-tile 512.
+  EXPECT_FALSE(s.ranges[0].from_table);
+  EXPECT_EQ(s.device_options.decode_blocks.q_tokens_per_block, 1U);
+  EXPECT_EQ(s.device_options.decode_blocks.kv_pages_per_block, 64U);
+  EXPECT_EQ(s.device_options.decode_blocks.compute_kv_tokens, 512U);
+}
+
+TEST(SelectorTest, PrefillOnlyAndMixedRanges) {
+  auto selector = KernelSelector::Create("tpu7x", TuningTable("tpu7x", {}));
+  ASSERT_TRUE(selector.ok());
+  Batch prefill({{512, 512}}, {0, 1, 1});
+  Selection s = selector->Select(prefill.metadata, prefill.cache);
+  EXPECT_FALSE(s.ranges[0].used);
+  EXPECT_TRUE(s.ranges[1].used);
+  EXPECT_EQ(s.ranges[1].kernel, KernelKind::kPrefill);
+  EXPECT_EQ(s.device_options.prefill_blocks.q_tokens_per_block, 256U);
+  EXPECT_EQ(s.device_options.prefill_blocks.kv_pages_per_block, 32U);
+
+  Batch mixed({{1, 300}, {64, 128}, {37, 900}, {1, 50}}, {1, 2, 4});
+  s = selector->Select(mixed.metadata, mixed.cache);
+  EXPECT_EQ(s.ranges[0].kernel, KernelKind::kDecode);
+  EXPECT_EQ(s.ranges[1].kernel, KernelKind::kPrefill);
+  EXPECT_EQ(s.ranges[2].kernel, KernelKind::kMixed);
+  EXPECT_EQ(s.ranges[2].key.max_q_len, 37U);
+  EXPECT_EQ(s.ranges[2].key.max_kv_len, 900U);
+  EXPECT_EQ(s.plan_options.mixed_range_kernel, KernelKind::kMixed);
+  // q block: the longest q_len rounded up to 8.
+  EXPECT_EQ(s.device_options.mixed_blocks.q_tokens_per_block, 40U);
+
+  // A mixed range of q_len-1 sequences runs the decode kernel.
+  Batch decode_in_mixed({{1, 300}, {1, 30}}, {0, 0, 2});
+  s = selector->Select(decode_in_mixed.metadata, decode_in_mixed.cache);
+  EXPECT_TRUE(s.ranges[2].used);
+  EXPECT_EQ(s.ranges[2].kernel, KernelKind::kDecode);
+  EXPECT_EQ(s.plan_options.mixed_range_kernel, KernelKind::kDecode);
+}
+
+TEST(SelectorTest, EmptyBatchSelectsNothing) {
+  auto selector = KernelSelector::Create("host");
+  ASSERT_TRUE(selector.ok());
+  Batch empty({{1, 10}}, {0, 0, 0});
+  Selection s = selector->Select(empty.metadata, empty.cache);
+  for (const KernelChoice& c : s.ranges) EXPECT_FALSE(c.used);
+}
+
+TEST(SelectorTest, TableEntriesWinOverTheFallback) {
+  TuningEntry decode{.kernel = KernelKind::kDecode,
+                     .key = {.storage = memory::StorageType::kBf16,
+                             .head_dim = 128,
+                             .q_per_kv = 4,
+                             .page_size = 16,
+                             .max_q_len = 1,
+                             .max_kv_len = 4096},
+                     .q_tokens_per_block = 1,
+                     .kv_tokens_per_block = 256,
+                     .compute_kv_tokens = 128};
+  auto selector =
+      KernelSelector::Create("tpu7x", TuningTable("tpu7x", {decode}));
+  ASSERT_TRUE(selector.ok());
+  Batch batch({{1, 2048}}, {1, 1, 1});
+  Selection s = selector->Select(batch.metadata, batch.cache);
+  EXPECT_TRUE(s.ranges[0].from_table);
+  EXPECT_EQ(s.device_options.decode_blocks.kv_pages_per_block, 16U);
+  EXPECT_EQ(s.device_options.decode_blocks.compute_kv_tokens, 128U);
+  // Another page size is not covered: fallback.
+  Batch other({{1, 2048}}, {1, 1, 1}, 32);
+  s = selector->Select(other.metadata, other.cache);
+  EXPECT_FALSE(s.ranges[0].from_table);
+
+  EXPECT_EQ(
+      KernelSelector::Create("v6e", TuningTable("tpu7x", {})).status().code(),
+      StatusCode::kInvalidArgument);
+}
+
+TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
+  auto spec = device::ParseDeviceSpec(
+      R"({"base": "tpu7x", "name": "tiny", "vmem_bytes": 1048576})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  const std::string path = ::testing::TempDir() + "/tiny_device.json";
+  {
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    const std::string json = device::DeviceSpecToJson(*spec);
+    std::fwrite(json.data(), 1, json.size(), f);
+    std::fclose(f);
+  }
+  auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+  ASSERT_TRUE(selector.ok()) << selector.status().ToString();
+  Batch batch({{1, 4096}, {256, 2048}}, {1, 2, 2});
+  Selection s = selector->Select(batch.metadata, batch.cache);
+  for (int r = 0; r < 2; ++r) {
+    const KernelChoice& c = s.ranges[r];
+    ASSERT_TRUE(c.used);
+    EXPECT_LE(VmemFootprint(c.q_tokens_per_block, c.kv_tokens_per_block,
+                            batch.metadata.shape, batch.cache.storage),
+              1048576U)
+        << r;
+    EXPECT_EQ(c.kv_tokens_per_block % 16, 0U);
+    EXPECT_LE(c.compute_kv_tokens, c.kv_tokens_per_block);
+  }
+}
+
+TEST(SelectorTest, HostSelectionPlansOnTheRealPlanner) {
+  auto selector = KernelSelector::Create("host");
+  ASSERT_TRUE(selector.ok());
+  EXPECT_TRUE(selector->is_host());
+  Batch batch({{1, 300}, {64, 128}, {1, 40}}, {1, 2, 3});
+  Selection s = selector->Select(batch.metadata, batch.cache, 2);
+  EXPECT_EQ(s.plan_options.parallelism, 2);
+  EXPECT_EQ(s.plan_options.mixed_range_kernel, KernelKind::kDecode);
+  attention::AttentionParams params;
+  params.sm_scale = 0.088F;
+  params.chunk_prefill_size = 64;
+  auto plan = attention::AttentionPlan::Create(batch.metadata, batch.cache,
+                                               params, s.plan_options);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_EQ(plan->kernel_for_range(2), KernelKind::kDecode);
+}
+
+TEST(SelectorTest, UnknownTargetIsNotFound) {
+  EXPECT_FALSE(KernelSelector::Create("tpu99").ok());
+}
+
+}  // namespace
+}  // namespace rpa::scheduler
