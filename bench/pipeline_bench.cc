@@ -34,8 +34,10 @@ void BM_DevicePipeline(benchmark::State& state, const char* batch,
                        const char* schedule) {
   rpa::scheduler::PipelineRow last;
   for (auto _ : state) {
-    auto rows = rpa::scheduler::RunPipelineBench(
-        {.device = "tpu7x", .host = false, .filter = batch});
+    rpa::scheduler::PipelineBenchOptions options;
+    options.host = false;
+    options.filter = batch;
+    auto rows = rpa::scheduler::RunPipelineBench(options);
     if (!rows.ok()) Die(rows.status());
     for (const auto& row : *rows) {
       if (row.schedule == schedule) last = row;
@@ -47,8 +49,10 @@ void BM_DevicePipeline(benchmark::State& state, const char* batch,
 void BM_HostPipeline(benchmark::State& state, const char* schedule) {
   rpa::scheduler::PipelineRow last;
   for (auto _ : state) {
-    auto rows = rpa::scheduler::RunPipelineBench(
-        {.device = "", .host = true, .host_repetitions = 1});
+    rpa::scheduler::PipelineBenchOptions options;
+    options.device = "";
+    options.host_repetitions = 1;
+    auto rows = rpa::scheduler::RunPipelineBench(options);
     if (!rows.ok()) Die(rows.status());
     for (const auto& row : *rows) {
       if (row.schedule == schedule) last = row;

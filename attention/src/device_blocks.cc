@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 
 #include "building_blocks.h"
 
@@ -374,10 +375,125 @@ class WalkBuilder {
   std::vector<std::int32_t> written_end_;  // per sequence
 };
 
+// Pairs (query row, visible key) of query rows [begin, end) of `span`: the
+// attention work of those rows.
+std::int64_t VisiblePairs(const ValidatedBatch& batch, const SequenceSpan& span,
+                          std::int32_t begin, std::int32_t end) {
+  const std::int32_t gap = span.kv_len - span.q_len;
+  std::int64_t pairs = 0;
+  for (std::int32_t row = begin; row < end; ++row) {
+    const KeyRange keys = VisibleKeys(gap + row, span.kv_len, batch.params);
+    pairs += std::max(0, keys.end - keys.begin);
+  }
+  return pairs;
+}
+
+// Whether the run, starting with this flash sequence, computes its Q blocks
+// from the second one on and the first one last (BuildDeviceWalk): when the
+// second block has more work than the first (causal), and it sees every key
+// from the first unwritten one (the gap) on, so that the new tokens are
+// still written as a growing prefix.
+bool FirstQBlockLast(const ValidatedBatch& batch, const SequenceSpan& span,
+                     std::int32_t q_tokens) {
+  if (span.q_len <= q_tokens) return false;
+  const std::int32_t gap = span.kv_len - span.q_len;
+  const std::int32_t second_end = std::min(2 * q_tokens, span.q_len);
+  return VisibleKeys(gap + q_tokens, span.kv_len, batch.params).begin <= gap &&
+         VisiblePairs(batch, span, q_tokens, second_end) >
+             VisiblePairs(batch, span, 0, q_tokens);
+}
+
+// Pieces of step `step` in the given parts of its rows (proportions, see
+// BuildDeviceWalk), appended to `pieces`; returns how many.
+std::uint32_t AppendPieces(const ValidatedBatch& batch, const DeviceStep& step,
+                           std::span<const std::int32_t> parts,
+                           std::vector<DevicePiece>* pieces) {
+  const SequenceSpan& span = batch.sequences[step.sequence];
+  const std::int32_t gap = span.kv_len - span.q_len;
+  std::int32_t total = 0;
+  for (const std::int32_t part : parts) total += part;
+  std::int32_t cumulative = 0;
+  std::int32_t row = 0;
+  std::int32_t needed_end = step.compute_begin;
+  std::uint32_t count = 0;
+  for (const std::int32_t part : parts) {
+    cumulative += part;
+    const std::int32_t row_end = static_cast<std::int32_t>(
+        static_cast<std::int64_t>(step.num_rows) * cumulative / total);
+    if (row_end <= row) continue;
+    const std::int32_t query = gap + step.first_query;
+    const KeyRange first = VisibleKeys(query + row, span.kv_len, batch.params);
+    const KeyRange last =
+        VisibleKeys(query + row_end - 1, span.kv_len, batch.params);
+    DevicePiece piece;
+    piece.row_begin = row;
+    piece.row_end = row_end;
+    piece.compute_end =
+        std::clamp(last.end, step.compute_begin, step.compute_end);
+    piece.compute_begin =
+        std::min(piece.compute_end, std::max(step.compute_begin, first.begin));
+    piece.new_begin = needed_end;
+    piece.new_end = std::max(needed_end, piece.compute_end);
+    needed_end = piece.new_end;
+    pieces->push_back(piece);
+    ++count;
+    row = row_end;
+  }
+  RPA_CHECK(row == step.num_rows && needed_end == step.compute_end);
+  return count;
+}
+
+// The tapered ends of the run (BuildDeviceWalk's comment).
+void CutPieces(const ValidatedBatch& batch, const device::DeviceSpec& spec,
+               DeviceWalk* walk) {
+  static constexpr std::int32_t kWhole[] = {1};
+  static constexpr std::int32_t kPrologue[] = {1, 1, 2};
+  static constexpr std::int32_t kEpilogue[] = {6, 5, 3, 2};
+  static constexpr std::int32_t kBoth[] = {1, 2, 1};
+  const double delay_bytes =
+      spec.hbm_bytes_per_s * spec.dma_issue_latency_ns * 1e-9;
+  const std::uint64_t row_bytes =
+      static_cast<std::uint64_t>(batch.shape.num_q_heads) *
+      batch.shape.head_dim * kFloatBytes;
+  const std::size_t num_steps = walk->steps.size();
+  const std::size_t num_q_blocks = walk->q_blocks.size();
+  for (std::size_t k = 0; k < num_steps; ++k) {
+    DeviceStep& step = walk->steps[k];
+    const DeviceQBlock& block = walk->q_blocks[step.q_block];
+    // Pieces cost DMAs, each holding an engine for an issue latency: only a
+    // one-segment Q block whose Q (and output) rows take at least the
+    // bandwidth-delay product is cut.
+    const bool cut =
+        block.row_end - block.row_begin == step.num_rows &&
+        static_cast<double>(static_cast<std::uint64_t>(step.num_rows) *
+                            row_bytes) >= delay_bytes;
+    const bool prologue = cut && k < 2;
+    const bool epilogue =
+        cut && k == block.last_step && step.q_block + 2 >= num_q_blocks;
+    std::span<const std::int32_t> parts = kWhole;
+    if (prologue && epilogue) {
+      parts = kBoth;
+    } else if (prologue) {
+      parts = kPrologue;
+    } else if (epilogue) {
+      parts = kEpilogue;
+    }
+    step.first_piece = static_cast<std::uint32_t>(walk->pieces.size());
+    step.num_pieces = AppendPieces(batch, step, parts, &walk->pieces);
+    if (step.num_pieces < 2) continue;
+    step.fetch_by_piece = prologue;
+    // Both Q slots are free for the first two steps' Q blocks (0 and 1).
+    step.q_by_piece = prologue && k == block.first_step;
+    RPA_CHECK(!step.q_by_piece || step.q_block < 2);
+    step.out_by_piece = epilogue;
+  }
+}
+
 }  // namespace
 
 DeviceWalk BuildDeviceWalk(const ValidatedBatch& batch,
-                           const DeviceBlockChoice& choice) {
+                           const DeviceBlockChoice& choice,
+                           const device::DeviceSpec& spec) {
   DeviceWalk walk;
   WalkBuilder builder(batch, &walk);
   const auto num_sequences = static_cast<std::uint32_t>(batch.sequences.size());
@@ -405,7 +521,12 @@ DeviceWalk BuildDeviceWalk(const ValidatedBatch& batch,
       continue;
     }
     const auto q_tokens = static_cast<std::int32_t>(blocks.q_tokens_per_block);
-    for (std::int32_t q = 0; q < span.q_len; q += q_tokens) {
+    std::vector<std::int32_t> starts;
+    for (std::int32_t q = 0; q < span.q_len; q += q_tokens) starts.push_back(q);
+    if (walk.q_blocks.empty() && FirstQBlockLast(batch, span, q_tokens)) {
+      std::rotate(starts.begin(), starts.begin() + 1, starts.end());
+    }
+    for (const std::int32_t q : starts) {
       const std::int32_t rows = std::min(q_tokens, span.q_len - q);
       builder.BeginQBlock(span.q_begin + q, span.q_begin + q + rows);
       builder.AddSegment(i, /*local_row=*/0, q, rows,
@@ -415,6 +536,7 @@ DeviceWalk BuildDeviceWalk(const ValidatedBatch& batch,
     ++i;
   }
   builder.CheckAllWritten();
+  CutPieces(batch, spec, &walk);
   return walk;
 }
 

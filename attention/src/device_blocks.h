@@ -120,11 +120,40 @@ struct DeviceStep {
   std::int32_t written_after = 0;  // the sequence's written prefix end after
   bool first_of_segment = false;
   bool last_of_segment = false;
+  // The step's row pieces (DeviceWalk::pieces): one piece of all rows, or,
+  // for the steps at the ends of the run (BuildDeviceWalk), several.
+  std::uint32_t first_piece = 0;
+  std::uint32_t num_pieces = 1;
+  // Prologue: the KV and new-KV DMAs are issued piece by piece (each
+  // piece's new keys), and a piece computes once its own data has landed;
+  // q_by_piece: so is the Q block's Q (the step starts a one-segment Q
+  // block).
+  bool fetch_by_piece = false;
+  bool q_by_piece = false;
+  // Epilogue: each piece is finalized and its output rows written back as
+  // soon as its units are done (the step ends a one-segment Q block).
+  bool out_by_piece = false;
+};
+
+// Query rows of a step's segment computed together: [row_begin, row_end)
+// relative to the segment's first row, against the keys they see inside the
+// step's compute range, [compute_begin, compute_end) (possibly empty).
+// Consecutive rows see non-decreasing key ranges, so a step's pieces, in row
+// order, first need the consecutive key ranges [new_begin, new_end): they
+// partition [step.compute_begin, step.compute_end).
+struct DevicePiece {
+  std::int32_t row_begin = 0;
+  std::int32_t row_end = 0;
+  std::int32_t compute_begin = 0;
+  std::int32_t compute_end = 0;
+  std::int32_t new_begin = 0;
+  std::int32_t new_end = 0;
 };
 
 struct DeviceWalk {
   std::vector<DeviceQBlock> q_blocks;
   std::vector<DeviceStep> steps;
+  std::vector<DevicePiece> pieces;  // steps[k]'s from steps[k].first_piece
 };
 
 // The steps in execution order: ranges in batch order; per Q block, per
@@ -137,7 +166,37 @@ struct DeviceWalk {
 // write-back is two steps old: the schedules guarantee that every
 // write-back of steps <= k-2 has landed before step k's DMAs are issued.
 // (The device checks VMEM hazards, not HBM ones: this ordering is ours.)
+//
+// The ends of the run are tapered: nothing hides the first fetches, nor the
+// last output write-back.
+//   - Order: a flash sequence's Q blocks go in row order, except the run's
+//     first sequence when its second Q block has more work (visible pairs)
+//     than its first (causal) and sees every key from the first unwritten
+//     one: then its Q blocks go 1, 2, ..., n-1, 0. The run starts with a
+//     block whose compute hides the next fetches (the first rows see few
+//     keys, so their block is too short to hide the next Q block's and KV
+//     block's DMAs), and the cheap block ends it, its keys already in the
+//     cache. New tokens are still written as a growing prefix.
+//   - Row pieces: a step whose segment is its whole Q block, with Q rows of
+//     at least the bandwidth-delay product (spec.hbm_bytes_per_s x
+//     dma_issue_latency_ns; smaller pieces would only queue their DMAs'
+//     issue latencies on the engines), is cut into pieces of rows:
+//       the run's first two steps (fetched at once into the two free
+//       slots): 1/4, 1/4, 1/2, fetched piece by piece (fetch_by_piece;
+//       q_by_piece when the step starts its Q block), so the first piece
+//       computes once a quarter of the Q rows and the keys those rows see
+//       have landed;
+//       the last step of each of the run's last two Q blocks (the last one
+//       may be short: the one before it ends near the run's end too):
+//       6/16, 5/16, 3/16, 2/16, each finalized and written back as soon as
+//       its units are done (out_by_piece): each piece's write-back lands
+//       before the next one's, and only the last 1/8 of the rows is
+//       written back after the last op;
+//       a step that is both: 1/4, 1/2, 1/4.
+//     Rows are rounded to whole query tokens (empty pieces dropped); every
+//     other step is one piece. Pieces cover every row of the segment once.
 DeviceWalk BuildDeviceWalk(const ValidatedBatch& batch,
-                           const DeviceBlockChoice& choice);
+                           const DeviceBlockChoice& choice,
+                           const device::DeviceSpec& spec);
 
 }  // namespace rpa::attention::internal

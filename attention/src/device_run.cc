@@ -160,7 +160,7 @@ StatusOr<DeviceRunReport> RunOnDevice(const AttentionPlan& plan,
   }
   report.bytes_moved = static_cast<double>(plan.cost().bytes());
   report.flops = plan.cost().flops;
-  const DeviceWalk walk = internal::BuildDeviceWalk(batch, choice);
+  const DeviceWalk walk = internal::BuildDeviceWalk(batch, choice, spec);
   if (walk.steps.empty()) return report;  // no sequence processed
   const VmemLayout layout = internal::ComputeVmemLayout(batch, choice);
 
@@ -177,7 +177,7 @@ StatusOr<DeviceRunReport> RunOnDevice(const AttentionPlan& plan,
   RPA_ASSIGN_OR_RETURN(const DeviceBuffers buffers,
                        AllocateBuffers(layout, choice, spec, device.get()));
 
-  internal::StepCompute compute(batch, choice, device.get(), buffers);
+  internal::StepCompute compute(batch, choice, walk, device.get(), buffers);
   internal::ScheduleInputs inputs;
   inputs.batch = &batch;
   inputs.tensors = &tensors;

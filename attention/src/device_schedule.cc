@@ -26,34 +26,68 @@ ScheduleRunner::ScheduleRunner(const ScheduleInputs& inputs)
     : in_(inputs),
       kv_release_time_(inputs.walk->steps.size()),
       q_release_time_(inputs.walk->q_blocks.size()),
-      converted_time_(inputs.walk->steps.size()),
       write_backs_(inputs.walk->steps.size() + inputs.walk->q_blocks.size() +
-                   1) {
+                   inputs.walk->pieces.size() + 1) {
   const CacheGeometry& cache = in_.batch->cache;
   token_bytes_ = static_cast<std::uint64_t>(cache.num_combined_heads) *
                  cache.head_dim * memory::StorageBytes(cache.storage);
+  fetch_piece_begin_.reserve(in_.walk->steps.size());
+  for (const DeviceStep& step : in_.walk->steps) {
+    fetch_piece_begin_.push_back(static_cast<std::uint32_t>(num_fetch_pieces_));
+    num_fetch_pieces_ += FetchPieces(step);
+  }
+  converted_time_.resize(num_fetch_pieces_);
+  const device::DeviceSpec& spec = in_.device->spec();
+  small_dma_bytes_ = static_cast<std::uint64_t>(
+      spec.hbm_bytes_per_s * spec.dma_issue_latency_ns * 1e-9 /
+      static_cast<double>(spec.num_dma_engines));
+  piece_landed_ = std::make_unique<PieceLanding[]>(num_fetch_pieces_);
+}
+
+std::uint64_t ScheduleRunner::RowBytes(std::int32_t rows) const {
+  return static_cast<std::uint64_t>(rows) * in_.batch->shape.num_q_heads *
+         in_.batch->shape.head_dim * kFloatBytes;
 }
 
 std::uint64_t ScheduleRunner::QBytes(std::uint32_t q_block) const {
   const DeviceQBlock& block = in_.walk->q_blocks[q_block];
-  return static_cast<std::uint64_t>(block.row_end - block.row_begin) *
-         in_.batch->shape.num_q_heads * in_.batch->shape.head_dim * kFloatBytes;
+  return RowBytes(block.row_end - block.row_begin);
 }
 
-std::uint64_t ScheduleRunner::KvFetchBytes(const DeviceStep& step) const {
-  return static_cast<std::uint64_t>(step.fetch_end - step.compute_begin) *
+std::uint64_t ScheduleRunner::CacheBytes(KeySpan keys) const {
+  return static_cast<std::uint64_t>(std::max(0, keys.end - keys.begin)) *
          token_bytes_;
 }
 
-std::uint64_t ScheduleRunner::StageBytes(const DeviceStep& step) const {
-  return static_cast<std::uint64_t>(step.stage_end - step.stage_begin) * 2 *
+std::uint64_t ScheduleRunner::StagedBytes(KeySpan keys) const {
+  return static_cast<std::uint64_t>(std::max(0, keys.end - keys.begin)) * 2 *
          in_.batch->shape.num_kv_heads * in_.batch->shape.head_dim *
          kFloatBytes;
+}
+
+std::uint64_t ScheduleRunner::KvFetchBytes(const DeviceStep& step) const {
+  return CacheBytes({step.compute_begin, step.fetch_end});
+}
+
+std::uint64_t ScheduleRunner::StageBytes(const DeviceStep& step) const {
+  return StagedBytes({step.stage_begin, step.stage_end});
 }
 
 std::uint64_t ScheduleRunner::WriteBackBytes(const DeviceStep& step) const {
   return static_cast<std::uint64_t>(step.write_end - step.write_begin) *
          token_bytes_;
+}
+
+ScheduleRunner::KeySpan ScheduleRunner::PieceCached(const DeviceStep& step,
+                                                    const DevicePiece& piece) {
+  const std::int32_t end = std::min(piece.new_end, step.fetch_end);
+  return {piece.new_begin, std::max(piece.new_begin, end)};
+}
+
+ScheduleRunner::KeySpan ScheduleRunner::PieceStaged(const DeviceStep& step,
+                                                    const DevicePiece& piece) {
+  const std::int32_t begin = std::max(piece.new_begin, step.stage_begin);
+  return {begin, std::max(begin, std::min(piece.new_end, step.stage_end))};
 }
 
 void ScheduleRunner::Start(device::DmaDirection direction,
@@ -96,26 +130,29 @@ void ScheduleRunner::AppendPageChunks(
   }
 }
 
-void ScheduleRunner::StartQFetch(std::uint32_t q_block, int slot,
+void ScheduleRunner::StartQFetch(std::uint32_t q_block, std::int32_t row_begin,
+                                 std::int32_t row_end, int slot,
                                  Landing* landing) {
+  if (row_end <= row_begin) return;
   const DeviceQBlock& block = in_.walk->q_blocks[q_block];
   const std::size_t row_floats =
       static_cast<std::size_t>(in_.batch->shape.num_q_heads) *
       in_.batch->shape.head_dim;
   const std::vector<device::DmaChunk> chunks = {
       {.hbm = Bytes(in_.tensors->q.data() +
-                    static_cast<std::size_t>(block.row_begin) * row_floats),
-       .vmem_offset = 0,
-       .bytes = QBytes(q_block)}};
+                    static_cast<std::size_t>(block.row_begin + row_begin) *
+                        row_floats),
+       .vmem_offset = RowBytes(row_begin),
+       .bytes = RowBytes(row_end - row_begin)}};
   Start(device::DmaDirection::kHbmToVmem,
         in_.buffers.q[static_cast<std::size_t>(slot)], chunks, landing, "q");
 }
 
-void ScheduleRunner::StartKvFetch(const DeviceStep& step, int slot,
-                                  Landing* landing) {
-  if (KvFetchBytes(step) == 0) return;
+void ScheduleRunner::StartKvFetch(const DeviceStep& step, KeySpan keys,
+                                  int slot, Landing* landing) {
+  if (CacheBytes(keys) == 0) return;
   std::vector<device::DmaChunk> chunks;
-  AppendPageChunks(step, step.compute_begin, step.fetch_end, &chunks);
+  AppendPageChunks(step, keys.begin, keys.end, &chunks);
   // One transfer pays its descriptors one after the other on one engine;
   // when they would cost more than an issue latency, the pages are split
   // over several engines (at most half of them, so that the other slot's
@@ -142,9 +179,9 @@ void ScheduleRunner::StartKvFetch(const DeviceStep& step, int slot,
   }
 }
 
-void ScheduleRunner::StartStageFetch(const DeviceStep& step, int slot,
-                                     Landing* landing) {
-  const std::uint64_t bytes = StageBytes(step);
+void ScheduleRunner::StartStageFetch(const DeviceStep& step, KeySpan keys,
+                                     int slot, Landing* landing) {
+  const std::uint64_t bytes = StagedBytes(keys);
   if (bytes == 0) return;
   const SequenceSpan& span = in_.batch->sequences[step.sequence];
   const std::int32_t gap = span.kv_len - span.q_len;
@@ -152,15 +189,19 @@ void ScheduleRunner::StartStageFetch(const DeviceStep& step, int slot,
       static_cast<std::size_t>(in_.batch->shape.num_kv_heads) *
       in_.batch->shape.head_dim;
   // Token position p of the sequence is row q_begin + (p - gap) of k / v.
-  const std::size_t first_row =
-      static_cast<std::size_t>(span.q_begin) +
-      static_cast<std::size_t>(step.stage_begin - gap);
+  // The stage slot holds the K rows of the whole stage range, then its V
+  // rows; `keys` is a part of that range.
+  const std::size_t first_row = static_cast<std::size_t>(span.q_begin) +
+                                static_cast<std::size_t>(keys.begin - gap);
+  const std::uint64_t k_offset =
+      StagedBytes({step.stage_begin, keys.begin}) / 2;
+  const std::uint64_t v_offset = StageBytes(step) / 2 + k_offset;
   const std::vector<device::DmaChunk> chunks = {
       {.hbm = Bytes(in_.tensors->k.data() + first_row * row_floats),
-       .vmem_offset = 0,
+       .vmem_offset = k_offset,
        .bytes = bytes / 2},
       {.hbm = Bytes(in_.tensors->v.data() + first_row * row_floats),
-       .vmem_offset = bytes / 2,
+       .vmem_offset = v_offset,
        .bytes = bytes / 2}};
   Start(device::DmaDirection::kHbmToVmem,
         in_.buffers.stage[static_cast<std::size_t>(slot)], chunks, landing,
@@ -177,8 +218,11 @@ void ScheduleRunner::StartKvWriteBack(const DeviceStep& step, int slot,
         "kv_writeback");
 }
 
-void ScheduleRunner::StartOutWriteBack(std::uint32_t q_block, int slot,
+void ScheduleRunner::StartOutWriteBack(std::uint32_t q_block,
+                                       std::int32_t row_begin,
+                                       std::int32_t row_end, int slot,
                                        Landing* landing) {
+  if (row_end <= row_begin) return;
   const DeviceQBlock& block = in_.walk->q_blocks[q_block];
   const std::size_t row_floats =
       static_cast<std::size_t>(in_.batch->shape.num_q_heads) *
@@ -186,9 +230,9 @@ void ScheduleRunner::StartOutWriteBack(std::uint32_t q_block, int slot,
   const std::vector<device::DmaChunk> chunks = {
       {.hbm = reinterpret_cast<std::byte*>(
            in_.tensors->out.data() +
-           static_cast<std::size_t>(block.row_begin) * row_floats),
-       .vmem_offset = 0,
-       .bytes = QBytes(q_block)}};
+           static_cast<std::size_t>(block.row_begin + row_begin) * row_floats),
+       .vmem_offset = RowBytes(row_begin),
+       .bytes = RowBytes(row_end - row_begin)}};
   Start(device::DmaDirection::kVmemToHbm,
         in_.buffers.out[static_cast<std::size_t>(slot)], chunks, landing,
         "out");
@@ -203,32 +247,90 @@ void ScheduleRunner::DrainAll() {
     write_back_landed_[i].Drain();
     out_landed_[i].Drain();
   }
+  for (std::size_t f = 0; f < num_fetch_pieces_; ++f) {
+    piece_landed_[f].q.Drain();
+    piece_landed_[f].kv.Drain();
+    piece_landed_[f].stage.Drain();
+  }
 }
+
+// The serial schedule has every byte of a step before it computes.
+class ScheduleRunner::SerialHooks final : public PieceHooks {
+ public:
+  explicit SerialHooks(runtime::TimePoint converted) : converted_(converted) {}
+  bool Ready(std::uint32_t /*piece*/) override { return true; }
+  runtime::TimePoint Wait(std::uint32_t /*piece*/) override {
+    return converted_;
+  }
+  void Finalized(std::uint32_t /*piece*/, runtime::TimePoint /*end*/) override {
+  }
+  void BeforeUnit(runtime::TimePoint /*previous*/) override {}
+
+ private:
+  runtime::TimePoint converted_;
+};
 
 void ScheduleRunner::RunSerial() {
   const DeviceWalk& walk = *in_.walk;
   for (std::uint32_t k = 0; k < walk.steps.size(); ++k) {
     const DeviceStep& step = walk.steps[k];
     const DeviceQBlock& block = walk.q_blocks[step.q_block];
+    const std::int32_t block_rows = block.row_end - block.row_begin;
     if (k == block.first_step) {
-      StartQFetch(step.q_block, 0, &q_landed_[0]);
+      StartQFetch(step.q_block, 0, block_rows, 0, &q_landed_[0]);
       q_landed_[0].Wait(QBytes(step.q_block));
     }
-    StartKvFetch(step, 0, &kv_landed_[0]);
-    StartStageFetch(step, 0, &stage_landed_[0]);
+    StartKvFetch(step, {step.compute_begin, step.fetch_end}, 0, &kv_landed_[0]);
+    StartStageFetch(step, {step.stage_begin, step.stage_end}, 0,
+                    &stage_landed_[0]);
     kv_landed_[0].Wait(KvFetchBytes(step));
     stage_landed_[0].Wait(StageBytes(step));
     const runtime::TimePoint converted = in_.compute->ConvertNewTokens(step, 0);
-    const StepTimes times = in_.compute->Compute(step, 0, 0, 0, converted);
+    SerialHooks hooks(converted);
+    const StepTimes times = in_.compute->Compute(step, 0, 0, 0, &hooks);
     in_.device->WaitUntil(std::max(converted, times.end));
     StartKvWriteBack(step, 0, &write_back_landed_[0]);
     if (k == block.last_step) {
-      StartOutWriteBack(step.q_block, 0, &out_landed_[0]);
+      StartOutWriteBack(step.q_block, 0, block_rows, 0, &out_landed_[0]);
     }
     write_back_landed_[0].Wait(WriteBackBytes(step));
     if (k == block.last_step) out_landed_[0].Wait(QBytes(step.q_block));
   }
   DrainAll();
+}
+
+void ScheduleRunner::FetchStep(std::uint32_t k, int slot) {
+  const DeviceStep& step = in_.walk->steps[k];
+  const auto s = static_cast<std::size_t>(slot);
+  if (!step.fetch_by_piece) {
+    Pace(KvFetchBytes(step) + StageBytes(step));
+    StartKvFetch(step, {step.compute_begin, step.fetch_end}, slot,
+                 &kv_landed_[s]);
+    StartStageFetch(step, {step.stage_begin, step.stage_end}, slot,
+                    &stage_landed_[s]);
+    return;
+  }
+  // Piece by piece, in the order the pieces compute: each piece's Q rows,
+  // then the keys it is the first to need.
+  const auto q_slot = static_cast<int>(step.q_block & 1U);
+  for (std::uint32_t p = 0; p < step.num_pieces; ++p) {
+    const DevicePiece& piece = Piece(step, p);
+    PieceLanding& landing = piece_landed_[fetch_piece_begin_[k] + p];
+    const KeySpan cached = PieceCached(step, piece);
+    const KeySpan staged = PieceStaged(step, piece);
+    const std::uint64_t q_bytes =
+        step.q_by_piece ? RowBytes(piece.row_end - piece.row_begin) : 0;
+    const std::uint64_t bytes =
+        q_bytes + CacheBytes(cached) + StagedBytes(staged);
+    if (bytes == 0) continue;  // its keys came with earlier pieces
+    Pace(bytes);
+    if (step.q_by_piece) {
+      StartQFetch(step.q_block, step.local_row + piece.row_begin,
+                  step.local_row + piece.row_end, q_slot, &landing.q);
+    }
+    StartKvFetch(step, cached, slot, &landing.kv);
+    StartStageFetch(step, staged, slot, &landing.stage);
+  }
 }
 
 void ScheduleRunner::FetchTask() {
@@ -244,9 +346,7 @@ void ScheduleRunner::FetchTask() {
       in_.device->WaitUntil(kv_release_time_[k - 2]);
       write_back_landed_[s].Wait(WriteBackBytes(walk.steps[k - 2]));
     }
-    Pace(KvFetchBytes(step) + StageBytes(step));
-    StartKvFetch(step, slot, &kv_landed_[s]);
-    StartStageFetch(step, slot, &stage_landed_[s]);
+    FetchStep(k, slot);
     if (k == walk.q_blocks[step.q_block].first_step)
       q_blocks_started_.Release(1);
   }
@@ -280,9 +380,13 @@ void ScheduleRunner::QFetchTask() {
       q_released_.Acquire(1);
       in_.device->WaitUntil(q_release_time_[b - 2]);
     }
+    // The fetch task fetches a q_by_piece block with its first step.
+    if (walk.steps[walk.q_blocks[b].first_step].q_by_piece) continue;
     const auto slot = static_cast<int>(b & 1U);
     Pace(QBytes(b));
-    StartQFetch(b, slot, &q_landed_[static_cast<std::size_t>(slot)]);
+    const DeviceQBlock& block = walk.q_blocks[b];
+    StartQFetch(b, 0, block.row_end - block.row_begin, slot,
+                &q_landed_[static_cast<std::size_t>(slot)]);
   }
 }
 
@@ -291,12 +395,27 @@ void ScheduleRunner::UpdateTask() {
   for (std::uint32_t k = 0; k < walk.steps.size(); ++k) {
     const DeviceStep& step = walk.steps[k];
     const int slot = static_cast<int>(k & 1U);
+    const auto s = static_cast<std::size_t>(slot);
     // The new tokens and the cached KV touch disjoint ranges of the slot:
     // converting while the cached KV still streams is no race.
-    stage_landed_[static_cast<std::size_t>(slot)].Wait(StageBytes(step));
-    const runtime::TimePoint converted =
-        in_.compute->ConvertNewTokens(step, slot);
-    converted_time_[k] = converted;
+    runtime::TimePoint converted{};
+    for (std::uint32_t p = 0; p < FetchPieces(step); ++p) {
+      const std::uint32_t f = fetch_piece_begin_[k] + p;
+      runtime::TimePoint end{};
+      if (step.fetch_by_piece) {
+        const KeySpan staged = PieceStaged(step, Piece(step, p));
+        piece_landed_[f].stage.Wait(StagedBytes(staged));
+        end =
+            in_.compute->ConvertNewTokens(step, slot, staged.begin, staged.end);
+      } else {
+        stage_landed_[s].Wait(StageBytes(step));
+        end = in_.compute->ConvertNewTokens(step, slot);
+      }
+      converted = std::max(converted, end);
+      converted_time_[f] = converted;
+      converted_.Release(1);
+    }
+    steps_converted_ = k + 1;
     if (WriteBackBytes(step) != 0) {
       RPA_CHECK(write_backs_
                     .TrySend({.kind = WriteBackKind::kKv,
@@ -305,44 +424,129 @@ void ScheduleRunner::UpdateTask() {
                               .not_before = converted})
                     .ok());
     }
-    converted_.Release(1);
   }
 }
+
+// The compute task's side of a step's pieces (PieceHooks).
+class ScheduleRunner::ComputeHooks final : public PieceHooks {
+ public:
+  ComputeHooks(ScheduleRunner* runner, std::uint32_t k)
+      : runner_(*runner),
+        k_(k),
+        step_(runner->in_.walk->steps[k]),
+        slot_(k & 1U),
+        q_slot_(static_cast<int>(step_.q_block & 1U)) {}
+
+  bool Ready(std::uint32_t piece) override {
+    if (!step_.fetch_by_piece) return piece > 0;
+    const std::uint32_t f = runner_.fetch_piece_begin_[k_] + piece;
+    const DevicePiece& p = runner_.Piece(step_, piece);
+    const PieceLanding& landing = runner_.piece_landed_[f];
+    return runner_.converted_.available() >= 1 &&
+           (!step_.q_by_piece ||
+            landing.q.Landed(runner_.RowBytes(p.row_end - p.row_begin))) &&
+           landing.kv.Landed(runner_.CacheBytes(PieceCached(step_, p)));
+  }
+
+  runtime::TimePoint Wait(std::uint32_t piece) override {
+    if (!step_.fetch_by_piece) {
+      if (piece > 0) return converted_;
+      runner_.converted_.Acquire(1);
+      converted_ = runner_.converted_time_[runner_.fetch_piece_begin_[k_]];
+      if (!runner_.in_.skip_kv_wait_for_testing) {
+        runner_.kv_landed_[slot_].Wait(runner_.KvFetchBytes(step_));
+      }
+      return converted_;
+    }
+    const std::uint32_t f = runner_.fetch_piece_begin_[k_] + piece;
+    const DevicePiece& p = runner_.Piece(step_, piece);
+    PieceLanding& landing = runner_.piece_landed_[f];
+    runner_.converted_.Acquire(1);
+    converted_ = std::max(converted_, runner_.converted_time_[f]);
+    if (step_.q_by_piece) {
+      landing.q.Wait(runner_.RowBytes(p.row_end - p.row_begin));
+    }
+    if (!runner_.in_.skip_kv_wait_for_testing) {
+      landing.kv.Wait(runner_.CacheBytes(PieceCached(step_, p)));
+    }
+    return converted_;
+  }
+
+  void Finalized(std::uint32_t piece, runtime::TimePoint end) override {
+    RPA_CHECK(runner_.write_backs_
+                  .TrySend({.kind = WriteBackKind::kOutPiece,
+                            .index = k_,
+                            .piece = piece,
+                            .slot = q_slot_,
+                            .not_before = end})
+                  .ok());
+  }
+
+  void BeforeUnit(runtime::TimePoint previous) override {
+    // Only while the next step's conversion is still to come and worth
+    // hurrying (a conversion of a few tokens costs nothing where it falls).
+    const std::size_t next = k_ + 1;
+    if (next >= runner_.in_.walk->steps.size() ||
+        runner_.steps_converted_ > next ||
+        runner_.StageBytes(runner_.in_.walk->steps[next]) <
+            runner_.small_dma_bytes_) {
+      return;
+    }
+    runner_.in_.device->WaitUntil(previous);
+  }
+
+  // The end of the step's last conversion (once every piece was waited).
+  runtime::TimePoint converted() const { return converted_; }
+
+ private:
+  ScheduleRunner& runner_;
+  std::uint32_t k_;
+  const DeviceStep& step_;
+  std::size_t slot_;
+  int q_slot_;
+  runtime::TimePoint converted_{};
+};
 
 void ScheduleRunner::ComputeTask() {
   const DeviceWalk& walk = *in_.walk;
   runtime::TimePoint q_end{};
+  bool out_free = false;
   for (std::uint32_t k = 0; k < walk.steps.size(); ++k) {
     const DeviceStep& step = walk.steps[k];
     const int slot = static_cast<int>(k & 1U);
-    const auto s = static_cast<std::size_t>(slot);
     const std::uint32_t b = step.q_block;
     const DeviceQBlock& block = walk.q_blocks[b];
     const auto q_slot = static_cast<int>(b & 1U);
     const auto qs = static_cast<std::size_t>(q_slot);
     if (k == block.first_step) {
       q_end = {};
-      q_landed_[qs].Wait(QBytes(b));
-      // Output slot b&1 is free once Q block b-2's output DMA landed.
-      if (b >= 2) out_landed_[qs].Wait(QBytes(b - 2));
+      out_free = b < 2;
+      // A q_by_piece block's rows are waited for piece by piece.
+      if (!step.q_by_piece) q_landed_[qs].Wait(QBytes(b));
     }
-    converted_.Acquire(1);
-    const runtime::TimePoint converted = converted_time_[k];
-    if (!in_.skip_kv_wait_for_testing) kv_landed_[s].Wait(KvFetchBytes(step));
+    if (step.last_of_segment && !out_free) {
+      // Output slot b&1 is free for this step's finalize once Q block b-2's
+      // output DMA landed.
+      out_landed_[qs].Wait(QBytes(b - 2));
+      out_free = true;
+    }
+    ComputeHooks hooks(this, k);
     const StepTimes times =
-        in_.compute->Compute(step, slot, q_slot, q_slot, converted);
-    kv_release_time_[k] = std::max(times.kv_end, converted);
+        in_.compute->Compute(step, slot, q_slot, q_slot, &hooks);
+    kv_release_time_[k] = std::max(times.kv_end, hooks.converted());
     kv_released_.Release(1);
     q_end = std::max(q_end, times.q_end);
     if (k == block.last_step) {
       q_release_time_[b] = q_end;
       q_released_.Release(1);
-      RPA_CHECK(write_backs_
-                    .TrySend({.kind = WriteBackKind::kOut,
-                              .index = b,
-                              .slot = q_slot,
-                              .not_before = times.out_end})
-                    .ok());
+      if (!step.out_by_piece) {
+        RPA_CHECK(write_backs_
+                      .TrySend({.kind = WriteBackKind::kOut,
+                                .index = b,
+                                .slot = q_slot,
+                                .not_before = times.out_end})
+                      .ok());
+      }
     }
   }
   write_backs_.Close();
@@ -353,11 +557,25 @@ void ScheduleRunner::WriteBackTask() {
     // The op producing the bytes must have ended before a DMA reads them.
     in_.device->WaitUntil(request->not_before);
     const auto s = static_cast<std::size_t>(request->slot);
-    if (request->kind == WriteBackKind::kKv) {
-      StartKvWriteBack(in_.walk->steps[request->index], request->slot,
-                       &write_back_landed_[s]);
-    } else {
-      StartOutWriteBack(request->index, request->slot, &out_landed_[s]);
+    switch (request->kind) {
+      case WriteBackKind::kKv:
+        StartKvWriteBack(in_.walk->steps[request->index], request->slot,
+                         &write_back_landed_[s]);
+        break;
+      case WriteBackKind::kOut: {
+        const DeviceQBlock& block = in_.walk->q_blocks[request->index];
+        StartOutWriteBack(request->index, 0, block.row_end - block.row_begin,
+                          request->slot, &out_landed_[s]);
+        break;
+      }
+      case WriteBackKind::kOutPiece: {
+        const DeviceStep& step = in_.walk->steps[request->index];
+        const DevicePiece& piece = Piece(step, request->piece);
+        StartOutWriteBack(step.q_block, step.local_row + piece.row_begin,
+                          step.local_row + piece.row_end, request->slot,
+                          &out_landed_[s]);
+        break;
+      }
     }
   }
 }

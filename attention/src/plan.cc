@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <span>
@@ -164,8 +165,11 @@ void AddFlashItems(const ValidatedBatch& batch, std::uint32_t sequence,
 // partial slot per kv head, and a merge group per (sequence, kv head)
 // combines its pieces. Slots of a split sequence with C pieces are laid out
 // head-major: head h, piece j -> first + h * C + j.
+// Reads data->items, writes the result through data->split_items (swapped
+// in), so that a re-plan reuses both vectors' capacity.
 void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
-                      std::vector<WorkItem>* items, PlanData* data) {
+                      PlanData* data) {
+  std::vector<WorkItem>* items = &data->items;
   const std::size_t target =
       kItemsPerThreadTarget * static_cast<std::size_t>(options.parallelism);
   if (options.parallelism <= 1 || items->empty() || items->size() >= target) {
@@ -185,7 +189,8 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
   const std::size_t max_splits_per_item =
       (target + items->size() - 1) / items->size();
 
-  std::vector<WorkItem> result;
+  std::vector<WorkItem>& result = data->split_items;
+  result.clear();
   result.reserve(items->size() * max_splits_per_item);
   for (const WorkItem& item : *items) {
     if (item.kernel != KernelKind::kDecode) {
@@ -196,7 +201,9 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
     const std::size_t wanted = std::min(
         max_splits_per_item, static_cast<std::size_t>(length / min_chunk));
     // Cuts at page-aligned absolute positions.
-    std::vector<std::int32_t> cuts = {item.kv_begin};
+    std::vector<std::int32_t>& cuts = data->split_cuts;
+    cuts.clear();
+    cuts.push_back(item.kv_begin);
     if (wanted >= 2) {
       std::int32_t chunk = (length + static_cast<std::int32_t>(wanted) - 1) /
                            static_cast<std::int32_t>(wanted);
@@ -250,7 +257,56 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
       }
     }
   }
-  *items = std::move(result);
+  items->swap(result);
+}
+
+// Plans data->batch (validated) into `data`, reusing its vectors. Cannot
+// fail: everything that can was checked by ValidateBatch.
+void PlanInto(const PlanOptions& options, PlanData* data) {
+  const ValidatedBatch& batch = data->batch;
+  data->options = options;
+  data->options.prefill_blocks =
+      ResolveBlocks(options.prefill_blocks, KernelKind::kPrefill, batch);
+  data->options.mixed_blocks =
+      ResolveBlocks(options.mixed_blocks, KernelKind::kMixed, batch);
+  data->items.clear();
+  data->merges.clear();
+  data->num_partials = 0;
+  for (std::uint32_t i = 0; i < batch.sequences.size(); ++i) {
+    const KernelKind kind = batch.sequences[i].kernel;
+    if (kind == KernelKind::kDecode) {
+      AddDecodeItems(batch, i, &data->items);
+    } else {
+      AddFlashItems(batch, i, BlocksFor(*data, kind).q_tokens_per_block,
+                    &data->items);
+    }
+  }
+  SplitDecodeItems(batch, options, data);
+  // Largest first, so that the last items to start are the short ones and
+  // the threads finish together; equal items keep creation (sequence)
+  // order. std::sort with the order tie-break, not std::stable_sort, whose
+  // temporary buffer would allocate on every plan.
+  for (std::size_t i = 0; i < data->items.size(); ++i) {
+    data->items[i].order = static_cast<std::uint32_t>(i);
+  }
+  std::sort(data->items.begin(), data->items.end(),
+            [](const WorkItem& a, const WorkItem& b) {
+              return a.cost_flops != b.cost_flops ? a.cost_flops > b.cost_flops
+                                                  : a.order < b.order;
+            });
+}
+
+// Everything Create and Update check before they change anything, into
+// `scratch` (a plan's next_batch: its vectors keep their capacity).
+Status Validate(const BatchMetadata& metadata, const memory::KvLayerView& cache,
+                const AttentionParams& params, const PlanOptions& options,
+                ValidatedBatch* scratch) {
+  RPA_RETURN_IF_ERROR(CheckCpu());
+  if (options.parallelism < 1) {
+    return InvalidArgumentError(fmt::format(
+        "options.parallelism must be >= 1, got {}", options.parallelism));
+  }
+  return internal::ValidateBatchInto(metadata, cache, params, options, scratch);
 }
 
 }  // namespace
@@ -292,40 +348,33 @@ StatusOr<AttentionPlan> AttentionPlan::Create(const BatchMetadata& metadata,
                                               const memory::KvLayerView& cache,
                                               const AttentionParams& params,
                                               const PlanOptions& options) {
-  RPA_RETURN_IF_ERROR(CheckCpu());
-  if (options.parallelism < 1) {
-    return InvalidArgumentError(fmt::format(
-        "options.parallelism must be >= 1, got {}", options.parallelism));
-  }
-  RPA_ASSIGN_OR_RETURN(
-      ValidatedBatch batch,
-      internal::ValidateBatch(metadata, cache, params, options));
   auto data = std::make_unique<PlanData>();
-  data->options = options;
-  data->options.prefill_blocks =
-      ResolveBlocks(options.prefill_blocks, KernelKind::kPrefill, batch);
-  data->options.mixed_blocks =
-      ResolveBlocks(options.mixed_blocks, KernelKind::kMixed, batch);
-  std::vector<WorkItem> items;
-  for (std::uint32_t i = 0; i < batch.sequences.size(); ++i) {
-    const KernelKind kind = batch.sequences[i].kernel;
-    if (kind == KernelKind::kDecode) {
-      AddDecodeItems(batch, i, &items);
-    } else {
-      AddFlashItems(batch, i, BlocksFor(*data, kind).q_tokens_per_block,
-                    &items);
-    }
-  }
-  SplitDecodeItems(batch, options, &items, data.get());
-  // Largest first, so that the last items to start are the short ones and
-  // the threads finish together. Stable: equal items keep sequence order.
-  std::stable_sort(items.begin(), items.end(),
-                   [](const WorkItem& a, const WorkItem& b) {
-                     return a.cost_flops > b.cost_flops;
-                   });
-  data->items = std::move(items);
-  data->batch = std::move(batch);
+  RPA_RETURN_IF_ERROR(Validate(metadata, cache, params, options, &data->batch));
+  PlanInto(options, data.get());
   return AttentionPlan(std::move(data));
+}
+
+Status AttentionPlan::Update(const BatchMetadata& metadata,
+                             const memory::KvLayerView& cache,
+                             const AttentionParams& params,
+                             const PlanOptions& options) {
+  RPA_CHECK_MSG(data_ != nullptr, "Update on a moved-from AttentionPlan");
+  // Validate into the plan's scratch batch: a failure returns with the plan
+  // itself untouched (next_batch is scratch, not part of its meaning).
+  RPA_RETURN_IF_ERROR(
+      Validate(metadata, cache, params, options, &data_->next_batch));
+  std::swap(data_->batch, data_->next_batch);
+  PlanInto(options, data_.get());
+  return OkStatus();
+}
+
+void AttentionPlan::Reserve(std::size_t num_sequences,
+                            std::size_t page_table_entries) {
+  RPA_CHECK_MSG(data_ != nullptr, "Reserve on a moved-from AttentionPlan");
+  data_->batch.page_indices.reserve(page_table_entries);
+  data_->batch.sequences.reserve(num_sequences);
+  data_->next_batch.page_indices.reserve(page_table_entries);
+  data_->next_batch.sequences.reserve(num_sequences);
 }
 
 namespace internal {
@@ -445,10 +494,18 @@ Status ParallelFor(runtime::Executor* executor, std::size_t count,
       fn(i);
     }
   };
-  std::vector<runtime::JoinHandle<void>> handles;
-  handles.reserve(tasks);
-  for (std::size_t t = 0; t < tasks; ++t)
-    handles.push_back(executor->Spawn(body));
+  // The handles live on the stack up to kInlineTasks workers (no
+  // allocation per call), in a vector beyond.
+  constexpr std::size_t kInlineTasks = 64;
+  std::array<runtime::JoinHandle<void>, kInlineTasks> inline_handles;
+  std::vector<runtime::JoinHandle<void>> heap_handles;
+  std::span<runtime::JoinHandle<void>> handles(inline_handles.data(),
+                                               std::min(tasks, kInlineTasks));
+  if (tasks > kInlineTasks) {
+    heap_handles.resize(tasks);
+    handles = heap_handles;
+  }
+  for (auto& handle : handles) handle = executor->Spawn(body);
   Status result;
   for (auto& handle : handles) {
     Status status = handle.Join();
@@ -482,14 +539,33 @@ Status Run(const AttentionPlan& plan, const BatchTensors& tensors,
   }
 
   // (2) The work items, largest first.
-  std::vector<float> partials(static_cast<std::size_t>(data.num_partials) *
-                              internal::PartialSlotFloats(batch));
+  // Partial slots: the plan's buffer when no other Run of this plan holds
+  // it, else a buffer of this call's own (see plan.h, Thread-safety).
+  const std::size_t partial_floats =
+      static_cast<std::size_t>(data.num_partials) *
+      internal::PartialSlotFloats(batch);
+  std::vector<float> own_partials;
+  std::vector<float>* partials = &own_partials;
+  bool holds_scratch = false;
+  if (partial_floats != 0) {
+    // Acquire pairs with the release below: the previous holder's writes to
+    // run_partials happen-before ours.
+    holds_scratch =
+        !data.run_scratch_busy.exchange(true, std::memory_order_acquire);
+    if (holds_scratch) partials = &data.run_partials;
+    partials->assign(partial_floats, 0.0F);
+  }
+  const auto release_scratch = [&data, holds_scratch] {
+    if (holds_scratch) {
+      data.run_scratch_busy.store(false, std::memory_order_release);
+    }
+  };
   internal::KernelArgs args;
   args.batch = &batch;
   args.q = tensors.q.data();
   args.cache = tensors.cache;
   args.out = tensors.out.data();
-  args.partials = partials.data();
+  args.partials = partials->data();
   const auto run_item = [&](std::size_t index) {
     const WorkItem& item = data.items[index];
     if (item.kernel == KernelKind::kDecode) {
@@ -499,6 +575,9 @@ Status Run(const AttentionPlan& plan, const BatchTensors& tensors,
     }
   };
   if (parallel && data.items.size() > 1) {
+    // On failure the scratch stays taken: a join that failed (a virtual-time
+    // deadlock) may leave items that still write to it; later Runs of the
+    // plan then use buffers of their own.
     RPA_RETURN_IF_ERROR(ParallelFor(executor, data.items.size(), run_item));
   } else {
     for (std::size_t i = 0; i < data.items.size(); ++i) run_item(i);
@@ -509,6 +588,7 @@ Status Run(const AttentionPlan& plan, const BatchTensors& tensors,
   for (const PlanData::MergeGroup& group : data.merges) {
     internal::MergePartials(args, group);
   }
+  release_scratch();
   return OkStatus();
 }
 

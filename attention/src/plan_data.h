@@ -4,6 +4,7 @@
 // the work items Run executes. Private to attention/.
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -83,6 +84,9 @@ struct WorkItem {
   std::int32_t partial_head_stride = 0;
   KernelKind kernel = KernelKind::kMixed;
   double cost_flops = 0;  // estimate, for ordering (largest first)
+  // Creation order: the tie-break of the largest-first sort (std::sort with
+  // it gives stable_sort's order without stable_sort's temporary buffer).
+  std::uint32_t order = 0;
 };
 
 struct PlanData {
@@ -100,6 +104,19 @@ struct PlanData {
   };
   std::vector<MergeGroup> merges;
   std::int32_t num_partials = 0;
+
+  // Planning scratch (SplitDecodeItems' output and KV cuts): kept so that
+  // Update reuses its capacity. Not part of the plan's meaning.
+  ValidatedBatch next_batch;  // Update validates into it, then swaps
+  std::vector<WorkItem> split_items;
+  std::vector<std::int32_t> split_cuts;
+
+  // Run's scratch for the partial slots, owned by whichever Run holds
+  // run_scratch_busy (an atomic try-lock: acquire on take, release on give
+  // back, so one Run's writes to the buffer happen-before the next one's);
+  // a Run that finds it taken allocates its own buffer.
+  mutable std::atomic<bool> run_scratch_busy{false};
+  mutable std::vector<float> run_partials;
 };
 
 }  // namespace rpa::attention::internal

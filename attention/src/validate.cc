@@ -272,7 +272,9 @@ struct WrittenSlots {
 // once sorted by (page, slot_begin), any overlap shows between neighbours.
 Status CheckDisjointWrites(const ValidatedBatch& batch) {
   const std::int64_t ps = batch.cache.page_size_tokens;
-  std::vector<WrittenSlots> written;
+  // Grow-only per thread: validation runs every step of a serving loop.
+  thread_local std::vector<WrittenSlots> written;
+  written.clear();
   for (std::size_t i = 0; i < batch.sequences.size(); ++i) {
     const SequenceSpan& seq = batch.sequences[i];
     const std::int64_t gap = std::int64_t{seq.kv_len} - seq.q_len;
@@ -317,6 +319,24 @@ StatusOr<ValidatedBatch> ValidateBatch(const BatchMetadata& metadata,
                                        const AttentionParams& params,
                                        const PlanOptions& options) {
   ValidatedBatch batch;
+  RPA_RETURN_IF_ERROR(
+      ValidateBatchInto(metadata, cache, params, options, &batch));
+  return batch;
+}
+
+Status ValidateBatchInto(const BatchMetadata& metadata,
+                         const memory::KvLayerView& cache,
+                         const AttentionParams& params,
+                         const PlanOptions& options, ValidatedBatch* out) {
+  ValidatedBatch& batch = *out;
+  // Everything but the vectors' capacity starts over.
+  std::vector<std::int32_t> page_indices = std::move(batch.page_indices);
+  std::vector<SequenceSpan> sequences = std::move(batch.sequences);
+  batch = ValidatedBatch{};
+  page_indices.clear();
+  sequences.clear();
+  batch.page_indices = std::move(page_indices);
+  batch.sequences = std::move(sequences);
   RPA_RETURN_IF_ERROR(ValidateParams(params, options, &batch.params));
   RPA_RETURN_IF_ERROR(ValidateShape(metadata.shape, cache, &batch.cache));
   batch.shape = metadata.shape;
@@ -400,9 +420,17 @@ StatusOr<ValidatedBatch> ValidateBatch(const BatchMetadata& metadata,
                                 options.mixed_range_kernel};
   const std::int64_t ps = cache.page_size_tokens;
   const std::int64_t pps = batch.pages_per_sequence;
+  // Reserved geometrically: in a serving loop the page table grows a column
+  // every page_size_tokens steps, and a re-plan reuses these vectors.
+  const auto reserve = [](auto* vector, std::size_t size) {
+    if (vector->capacity() < size) {
+      vector->reserve(std::max(size, 2 * vector->capacity()));
+    }
+  };
+  reserve(&batch.page_indices, metadata.page_indices.size());
   batch.page_indices.assign(metadata.page_indices.begin(),
                             metadata.page_indices.end());
-  batch.sequences.reserve(static_cast<std::size_t>(d2));
+  reserve(&batch.sequences, static_cast<std::size_t>(d2));
   for (std::int32_t i = 0; i < d2; ++i) {
     const auto index = static_cast<std::size_t>(i);
     const int range = i < d0 ? 0 : (i < d1 ? 1 : 2);
@@ -468,7 +496,7 @@ StatusOr<ValidatedBatch> ValidateBatch(const BatchMetadata& metadata,
   for (const BatchCost& range_cost : batch.range_cost) {
     batch.cost += range_cost;
   }
-  return batch;
+  return OkStatus();
 }
 
 }  // namespace rpa::attention::internal

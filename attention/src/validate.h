@@ -24,4 +24,13 @@ StatusOr<ValidatedBatch> ValidateBatch(const BatchMetadata& metadata,
                                        const AttentionParams& params,
                                        const PlanOptions& options);
 
+// The same, into `*batch`, whose vectors keep their capacity (a re-plan
+// validates into scratch the plan owns and allocates nothing once the
+// scratch has grown to the batch). On error `*batch` holds a partial result:
+// validate into scratch, not into a live plan.
+Status ValidateBatchInto(const BatchMetadata& metadata,
+                         const memory::KvLayerView& cache,
+                         const AttentionParams& params,
+                         const PlanOptions& options, ValidatedBatch* batch);
+
 }  // namespace rpa::attention::internal

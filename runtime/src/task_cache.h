@@ -14,8 +14,9 @@
 // blocks, so any thread may free one with `::operator delete`. A thread that
 // is not a worker keeps a small ForeignTaskCache of its own (below) and
 // spills beyond it to `::operator delete`; so does a thread whose
-// thread_locals are being destroyed. The pool is bounded (kPoolBlocks per class; beyond it blocks go back
-// to malloc) and everything is released when the executor is destroyed.
+// thread_locals are being destroyed. The pool is bounded (kPoolBlocks per
+// class; beyond it blocks go back to malloc) and everything is released when
+// the executor is destroyed.
 //
 // Thread-safety: a TaskBlockCache belongs to its worker's thread; the pool
 // takes its own lock (a batch of kBatch blocks per acquisition).

@@ -190,6 +190,9 @@ Status Engine::Impl::Init(std::uint32_t num_pages) {
   token_bytes_ = std::size_t{2} * model.num_kv_heads * model.head_dim *
                  memory::StorageBytes(model.storage);
   RPA_ASSIGN_OR_RETURN(device_spec_, ResolveTarget(options_.target));
+  RPA_ASSIGN_OR_RETURN(KernelSelector selector,
+                       KernelSelector::Create(options_.target));
+  selector_.emplace(std::move(selector));
   if (options_.executor != nullptr) {
     executor_ = options_.executor;
   } else {
@@ -458,9 +461,9 @@ Status Engine::Impl::Attend(std::uint32_t layer, std::span<const float> q,
     const auto kernel_start = std::chrono::steady_clock::now();
     if (device_spec_.has_value()) {
       // The simulated TPU: same numerics, plus simulated time and traffic.
-      RPA_ASSIGN_OR_RETURN(
-          const attention::DeviceRunReport report,
-          attention::RunOnDevice(plan, tensors, *device_spec_));
+      RPA_ASSIGN_OR_RETURN(const attention::DeviceRunReport report,
+                           attention::RunOnDevice(plan, tensors, *device_spec_,
+                                                  device_run_options_));
       stats_.simulated_us += report.simulated_us;
       stats_.simulated_bytes += report.bytes_moved;
       stats_.simulated_flops += report.flops;

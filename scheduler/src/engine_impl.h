@@ -15,12 +15,14 @@
 #include "prefix_cache.h"
 #include "swap_store.h"
 
+#include "rpa/attention/device_run.h"
 #include "rpa/attention/params.h"
 #include "rpa/attention/plan.h"
 #include "rpa/device/device_spec.h"
 #include "rpa/memory/kv_cache.h"
 #include "rpa/runtime/executor.h"
 #include "rpa/scheduler/engine.h"
+#include "rpa/scheduler/selector.h"
 
 namespace rpa::scheduler {
 
@@ -145,6 +147,10 @@ class Engine::Impl {
   std::vector<attention::AttentionParams> param_sets_;
   std::vector<std::uint32_t> layer_param_set_;  // [num_layers]
   attention::PlanOptions plan_options_;
+  // Kernel and block sizes per range, chosen every step from the batch's
+  // shape (selector.h); the device options feed RunOnDevice.
+  std::optional<KernelSelector> selector_;
+  attention::DeviceRunOptions device_run_options_;
   // A simulated target (EngineOptions::target); none: the host.
   std::optional<device::DeviceSpec> device_spec_;
   double step_simulated_us_ = 0;

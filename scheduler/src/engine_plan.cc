@@ -428,17 +428,23 @@ Status Engine::Impl::BuildPlan() {
         .page_indices = page_table_.page_indices,
         .cu_q_lens = cu_q_lens_,
         .distribution = plan_.distribution};
+    // The selector picks each range's kernel and block sizes for this
+    // batch's shape on this target (it does not allocate).
+    const Selection selection = selector_->Select(metadata, cache_->Layer(0),
+                                                  plan_options_.parallelism);
+    const attention::PlanOptions& step_options = selection.plan_options;
+    device_run_options_ = selection.device_options;
     for (std::size_t set = 0; set < param_sets_.size(); ++set) {
       // Re-plan into the previous step's plan: its vectors keep their
       // capacity, so a warmed-up step does not allocate here.
       Status planned = OkStatus();
       if (plans_[set].has_value()) {
         planned = plans_[set]->Update(metadata, cache_->Layer(0),
-                                      param_sets_[set], plan_options_);
+                                      param_sets_[set], step_options);
       } else {
         StatusOr<attention::AttentionPlan> plan =
             attention::AttentionPlan::Create(metadata, cache_->Layer(0),
-                                             param_sets_[set], plan_options_);
+                                             param_sets_[set], step_options);
         if (plan.ok()) {
           plans_[set] = std::move(*plan);
         } else {
@@ -449,6 +455,10 @@ Status Engine::Impl::BuildPlan() {
         for (const internal::Pick& pick : batch_) pick.request->in_step = false;
         return planned;
       }
+      // The plan keeps room for the tables the engine has room for, so that
+      // the next steps' Update does not grow its copies as the KV grows.
+      plans_[set]->Reserve(page_table_.kv_lens.capacity(),
+                           page_table_.page_indices.capacity());
     }
   }
   std::fill(attended_.begin(), attended_.end(), 0);

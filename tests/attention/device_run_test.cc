@@ -23,6 +23,9 @@
 
 #include "attention/batch_builder.h"
 #include "attention/oracle.h"
+#include "building_blocks.h"
+#include "device_blocks.h"
+#include "plan_data.h"
 
 #include "rpa/attention/plan.h"
 #include "rpa/device/device_spec.h"
@@ -37,6 +40,17 @@ using testutil::TestBatch;
 
 device::DeviceSpec Tpu7x() {
   StatusOr<device::DeviceSpec> spec = device::DevicePreset("tpu7x");
+  RPA_CHECK(spec.ok());
+  return *spec;
+}
+
+// A device whose DMA issue latency is 1 ns: its bandwidth-delay product is
+// 3.7 KB, so the small test batches get the tapered ends (row pieces) that
+// tpu7x gives only to large Q blocks (device_blocks.h).
+device::DeviceSpec FastDma() {
+  StatusOr<device::DeviceSpec> spec = device::ParseDeviceSpec(
+      R"({"base": "tpu7x", "name": "tpu7x_fast_dma",
+          "dma_issue_latency_ns": 1})");
   RPA_CHECK(spec.ok());
   return *spec;
 }
@@ -184,17 +198,26 @@ TEST_P(DeviceRunSweepTest, MatchesHostAndOracle) {
   const std::vector<float> host_out = batch.out;
   const std::vector<std::byte> host_cache = CacheCopy(batch);
 
-  std::vector<std::pair<std::string, DeviceRunOptions>> runs = {
-      {"default_pipelined", DeviceRunOptions{}},
-      {"tiny_pipelined", TinyBlocks(DeviceSchedule::kPipelined)},
-      {"tiny_serial", TinyBlocks(DeviceSchedule::kSerial)}};
-  runs[0].second.schedule = DeviceSchedule::kPipelined;
+  struct DeviceCase {
+    std::string name;
+    DeviceRunOptions options;
+    device::DeviceSpec spec;
+  };
+  // The fast-DMA runs cut their first and last steps into row pieces.
+  const std::vector<DeviceCase> runs = {
+      {"default_pipelined", DeviceRunOptions{}, Tpu7x()},
+      {"tiny_pipelined", TinyBlocks(DeviceSchedule::kPipelined), Tpu7x()},
+      {"tiny_serial", TinyBlocks(DeviceSchedule::kSerial), Tpu7x()},
+      {"default_fast_dma", DeviceRunOptions{}, FastDma()},
+      {"tiny_pipelined_fast_dma", TinyBlocks(DeviceSchedule::kPipelined),
+       FastDma()},
+      {"tiny_serial_fast_dma", TinyBlocks(DeviceSchedule::kSerial), FastDma()}};
   std::vector<float> tiny_pipelined_out;
-  for (const auto& [name, options] : runs) {
+  for (const auto& [name, options, spec] : runs) {
     SCOPED_TRACE(name);
     batch.Reset();
     StatusOr<DeviceRunReport> report =
-        RunOnDevice(*plan, batch.tensors(), Tpu7x(), options);
+        RunOnDevice(*plan, batch.tensors(), spec, options);
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_EQ(report->num_races, 0U)
         << (report->races.empty() ? "" : report->races[0].what);
@@ -208,9 +231,10 @@ TEST_P(DeviceRunSweepTest, MatchesHostAndOracle) {
               "");
     EXPECT_GT(report->simulated_us, 0.0);
     EXPECT_LE(report->overlap_efficiency, 1.0 + 1e-9);
-    if (name == "tiny_pipelined") tiny_pipelined_out = batch.out;
-    // The same blocks give the same arithmetic in either schedule.
-    if (name == "tiny_serial") {
+    if (name.starts_with("tiny_pipelined")) tiny_pipelined_out = batch.out;
+    // The same blocks (and pieces) give the same arithmetic in either
+    // schedule.
+    if (name.starts_with("tiny_serial")) {
       EXPECT_TRUE(SameFloats(batch.out, tiny_pipelined_out));
     }
   }
@@ -236,25 +260,149 @@ TEST(DeviceRunTest, WindowHiddenTokensAreWrittenBack) {
   ASSERT_TRUE(plan.ok()) << plan.status();
   const testutil::OracleOutput expected =
       testutil::RunOracle(batch.original_oracle_input());
-  for (const std::uint32_t q_tokens : {393U, 64U}) {
-    for (const DeviceSchedule schedule :
-         {DeviceSchedule::kPipelined, DeviceSchedule::kSerial}) {
-      SCOPED_TRACE(std::string(DeviceScheduleName(schedule)) + " q block " +
-                   std::to_string(q_tokens));
-      batch.Reset();
-      DeviceRunOptions options;
-      options.schedule = schedule;
-      options.prefill_blocks = {.q_tokens_per_block = q_tokens,
-                                .kv_pages_per_block = 16,
-                                .compute_kv_tokens = 128};
-      StatusOr<DeviceRunReport> report =
-          RunOnDevice(*plan, batch.tensors(), Tpu7x(), options);
-      ASSERT_TRUE(report.ok()) << report.status();
-      EXPECT_EQ(testutil::CompareWithOracle(batch, expected), "");
-      EXPECT_EQ(report->num_races, 0U);
-      EXPECT_EQ(report->blocks_used[1].kv_pages_per_block, 16U);
+  // The fast-DMA device cuts the ends into row pieces, whose key ranges the
+  // window shifts.
+  for (const device::DeviceSpec& device_spec : {Tpu7x(), FastDma()}) {
+    for (const std::uint32_t q_tokens : {393U, 64U}) {
+      for (const DeviceSchedule schedule :
+           {DeviceSchedule::kPipelined, DeviceSchedule::kSerial}) {
+        SCOPED_TRACE(std::string(DeviceScheduleName(schedule)) + " q block " +
+                     std::to_string(q_tokens) + " on " + device_spec.name);
+        batch.Reset();
+        DeviceRunOptions options;
+        options.schedule = schedule;
+        options.prefill_blocks = {.q_tokens_per_block = q_tokens,
+                                  .kv_pages_per_block = 16,
+                                  .compute_kv_tokens = 128};
+        StatusOr<DeviceRunReport> report =
+            RunOnDevice(*plan, batch.tensors(), device_spec, options);
+        ASSERT_TRUE(report.ok()) << report.status();
+        EXPECT_EQ(testutil::CompareWithOracle(batch, expected), "");
+        EXPECT_EQ(report->num_races, 0U);
+        EXPECT_EQ(report->blocks_used[1].kv_pages_per_block, 16U);
+      }
     }
   }
+}
+
+// The walk's invariants, on the shapes the sweep runs and on one causal
+// prefill chunk large enough for tpu7x to taper: every query row is in
+// exactly one Q block; a step's pieces partition its rows in order, each
+// computes exactly the keys its rows see in the step, and their new keys
+// partition the step's compute range in order (so a piece's keys have been
+// fetched by the time it computes); pieces fetch Q only for the first two Q
+// blocks (whose slots are free) and write output only at a Q block's end.
+void ExpectWalkInvariants(const TestBatch& batch,
+                          const DeviceRunOptions& options,
+                          const device::DeviceSpec& spec,
+                          internal::DeviceWalk* walk_out = nullptr) {
+  auto plan = PlanFor(batch);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const internal::ValidatedBatch& validated = plan->data().batch;
+  StatusOr<internal::DeviceBlockChoice> choice =
+      internal::ChooseDeviceBlocks(*plan, options, spec);
+  ASSERT_TRUE(choice.ok()) << choice.status();
+  const internal::DeviceWalk walk =
+      internal::BuildDeviceWalk(validated, *choice, spec);
+  std::vector<int> row_blocks(
+      batch.q.size() / (batch.shape.num_q_heads * batch.shape.head_dim), 0);
+  for (const internal::DeviceQBlock& block : walk.q_blocks) {
+    for (std::int32_t row = block.row_begin; row < block.row_end; ++row) {
+      ++row_blocks[static_cast<std::size_t>(row)];
+    }
+  }
+  for (const internal::SequenceSpan& span : validated.sequences) {
+    for (std::int32_t row = 0; row < span.q_len; ++row) {
+      ASSERT_EQ(row_blocks[static_cast<std::size_t>(span.q_begin + row)], 1)
+          << "query row " << span.q_begin + row;
+    }
+  }
+  for (std::size_t k = 0; k < walk.steps.size(); ++k) {
+    SCOPED_TRACE("step " + std::to_string(k));
+    const internal::DeviceStep& step = walk.steps[k];
+    const internal::DeviceQBlock& block = walk.q_blocks[step.q_block];
+    const internal::SequenceSpan& span = validated.sequences[step.sequence];
+    ASSERT_GE(step.num_pieces, 1U);
+    std::int32_t row = 0;
+    std::int32_t needed = step.compute_begin;
+    for (std::uint32_t p = 0; p < step.num_pieces; ++p) {
+      const internal::DevicePiece& piece = walk.pieces[step.first_piece + p];
+      EXPECT_EQ(piece.row_begin, row);
+      EXPECT_LT(piece.row_begin, piece.row_end);
+      row = piece.row_end;
+      EXPECT_EQ(piece.new_begin, needed);
+      needed = piece.new_end;
+      std::int32_t seen_begin = step.compute_end;
+      std::int32_t seen_end = step.compute_begin;
+      for (std::int32_t r = piece.row_begin; r < piece.row_end; ++r) {
+        const internal::KeyRange keys = internal::VisibleKeys(
+            span.kv_len - span.q_len + step.first_query + r, span.kv_len,
+            validated.params);
+        const std::int32_t begin = std::max(keys.begin, step.compute_begin);
+        const std::int32_t end = std::min(keys.end, step.compute_end);
+        if (begin >= end) continue;
+        seen_begin = std::min(seen_begin, begin);
+        seen_end = std::max(seen_end, end);
+      }
+      if (seen_begin < seen_end) {
+        EXPECT_EQ(piece.compute_begin, seen_begin);
+        EXPECT_EQ(piece.compute_end, seen_end);
+        EXPECT_LE(piece.compute_end, piece.new_end);
+      } else {
+        EXPECT_EQ(piece.compute_begin, piece.compute_end);
+      }
+    }
+    EXPECT_EQ(row, step.num_rows);
+    EXPECT_EQ(needed, step.compute_end);
+    EXPECT_FALSE(step.num_pieces == 1 &&
+                 (step.fetch_by_piece || step.q_by_piece || step.out_by_piece));
+    if (step.q_by_piece) {
+      EXPECT_TRUE(step.fetch_by_piece);
+      EXPECT_LT(step.q_block, 2U);
+      EXPECT_EQ(block.first_step, k);
+    }
+    if (step.out_by_piece) {
+      EXPECT_EQ(block.last_step, k);
+      EXPECT_EQ(block.row_end - block.row_begin, step.num_rows);
+    }
+  }
+  if (walk_out != nullptr) *walk_out = walk;
+}
+
+TEST(DeviceWalkTest, TaperedEndsCoverEveryRowAndKeyOnce) {
+  for (const SweepCase& sweep_case : SweepCases()) {
+    SCOPED_TRACE(sweep_case.name);
+    const TestBatch batch = BuildBatch(sweep_case.spec);
+    for (const device::DeviceSpec& spec : {Tpu7x(), FastDma()}) {
+      ExpectWalkInvariants(batch, DeviceRunOptions{}, spec);
+      ExpectWalkInvariants(batch, TinyBlocks(DeviceSchedule::kPipelined), spec);
+    }
+  }
+  // Llama-3-8B heads, one causal 2048-token chunk: 256-token Q blocks of
+  // 4 MiB of queries, more than tpu7x's bandwidth-delay product (3.7 MB).
+  BatchSpec spec = Base(32, 8, 128, 128, StorageType::kBf16);
+  spec.sequences = {{2048, 2048}};
+  spec.distribution = std::array<std::int32_t, 3>{0, 1, 1};
+  spec.params.chunk_prefill_size = 2048;
+  spec.extra_pages = 0;
+  spec.padding_tokens = 0;
+  internal::DeviceWalk walk;
+  ExpectWalkInvariants(BuildBatch(spec), DeviceRunOptions{}, Tpu7x(), &walk);
+  ASSERT_EQ(walk.q_blocks.size(), 8U);
+  // The second Q block first, the first (the cheapest) last.
+  EXPECT_EQ(walk.q_blocks.front().row_begin, 256);
+  EXPECT_EQ(walk.q_blocks.back().row_begin, 0);
+  // The first two steps fetch by piece, the last two Q blocks write back by
+  // piece; the last piece is 1/8 of the rows.
+  EXPECT_TRUE(walk.steps[0].q_by_piece && walk.steps[1].q_by_piece);
+  EXPECT_TRUE(walk.steps[walk.q_blocks[6].last_step].out_by_piece);
+  EXPECT_TRUE(walk.steps.back().out_by_piece);
+  EXPECT_EQ(walk.pieces.back().row_end - walk.pieces.back().row_begin, 32);
+  EXPECT_EQ(std::count_if(walk.steps.begin(), walk.steps.end(),
+                          [](const internal::DeviceStep& step) {
+                            return step.num_pieces > 1;
+                          }),
+            4);
 }
 
 BatchSpec DecodeHeavySpec() {
@@ -612,5 +760,60 @@ TEST(DeviceRunFigures, DISABLED_Llama3Prefill) {
   }
 }
 
+}  // namespace
+}  // namespace rpa::attention
+
+namespace rpa::attention {
+namespace {
+TEST(DeviceRunFigures, DISABLED_ScratchSweep) {
+  const char* only = std::getenv("SCRATCH_PREFILL_Q");
+  for (const std::uint32_t page_size : {16U, 32U, 64U, 128U}) {
+    if (only != nullptr) break;
+    for (const int kv : {1024, 2048, 3000}) {
+      for (const int n : {16, 64}) {
+        BatchSpec spec = Llama3Spec(page_size);
+        spec.sequences.assign(static_cast<std::size_t>(n), {1, kv});
+        spec.distribution = std::array<std::int32_t, 3>{n, n, n};
+        TestBatch batch = BuildBatch(spec);
+        auto plan = PlanFor(batch);
+        ASSERT_TRUE(plan.ok());
+        StatusOr<DeviceRunReport> report =
+            RunOnDevice(*plan, batch.tensors(), Tpu7x());
+        ASSERT_TRUE(report.ok());
+        std::printf("decode n %d kv %d page %u: %.2f us overlap %.3f\n", n, kv,
+                    page_size, report->simulated_us,
+                    report->overlap_efficiency);
+      }
+    }
+  }
+  for (const std::uint32_t page_size : {16U, 64U, 128U}) {
+    for (const int q : {300, 1024, 2048, 4096}) {
+      if (only != nullptr && (q != std::atoi(only) || page_size != 128U))
+        continue;
+      for (const int cached : {0, 1000}) {
+        if (only != nullptr && cached != 0) continue;
+        BatchSpec spec = Llama3Spec(page_size);
+        spec.sequences = {{q, q + cached}};
+        spec.distribution = std::array<std::int32_t, 3>{0, 1, 1};
+        spec.params.chunk_prefill_size = q;
+        TestBatch batch = BuildBatch(spec);
+        auto plan = PlanFor(batch);
+        ASSERT_TRUE(plan.ok());
+        DeviceRunOptions opts;
+        opts.record_trace = only != nullptr;
+        StatusOr<DeviceRunReport> report =
+            RunOnDevice(*plan, batch.tensors(), Tpu7x(), opts);
+        ASSERT_TRUE(report.ok());
+        if (only != nullptr)
+          std::ofstream("/tmp/devC/scratch.json") << report->trace_json;
+        std::printf(
+            "prefill q %d cached %d page %u: %.2f us overlap %.3f races %llu\n",
+            q, cached, page_size, report->simulated_us,
+            report->overlap_efficiency,
+            static_cast<unsigned long long>(report->num_races));
+      }
+    }
+  }
+}
 }  // namespace
 }  // namespace rpa::attention

@@ -313,15 +313,16 @@ TEST(PlanRunTest, UpdateEqualsCreate) {
     TestBatch batch = BuildBatch(specs[n]);
     auto created = PlanFor(batch, options);
     ASSERT_TRUE(created.ok()) << created.status();
-    const Status updated = reused->Update(batch.metadata(), batch.cache(),
-                                          batch.params, options);
+    const Status updated =
+        reused->Update(batch.metadata(), batch.cache(), batch.params, options);
     ASSERT_TRUE(updated.ok()) << updated;
     EXPECT_EQ(DiffPlans(*reused, *created), "") << "batch " << n;
     EXPECT_EQ(reused->num_sequences(), created->num_sequences());
     EXPECT_EQ(reused->num_work_items(), created->num_work_items());
     EXPECT_EQ(reused->cost().flops, created->cost().flops);
 
-    ASSERT_TRUE(attention::Run(*created, batch.tensors(), executor->get()).ok());
+    ASSERT_TRUE(
+        attention::Run(*created, batch.tensors(), executor->get()).ok());
     const std::vector<float> created_out = batch.out;
     const std::vector<float> created_cache = batch.cache_storage;
     batch.Reset();
@@ -357,7 +358,8 @@ TEST(PlanRunTest, FailedUpdateReturnsCreatesErrorAndLeavesThePlanUnchanged) {
        [](TestBatch* b, PlanOptions*) { b->distribution[2] = 100; }},
       {"page_indices",
        [](TestBatch* b, PlanOptions*) { b->page_indices[0] = -1; }},
-      {"decode", [](TestBatch*, PlanOptions* o) {
+      {"decode",
+       [](TestBatch*, PlanOptions* o) {
          o->prefill_range_kernel = KernelKind::kDecode;
        }},
   };

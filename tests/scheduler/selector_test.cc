@@ -34,7 +34,9 @@ struct Batch {
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       const auto pages = (seqs[i].second + static_cast<int>(page_size) - 1) /
                          static_cast<int>(page_size);
-      for (int p = 0; p < pages; ++p) page_indices[i * pps + p] = next++;
+      for (int p = 0; p < pages; ++p) {
+        page_indices[i * pps + static_cast<std::size_t>(p)] = next++;
+      }
     }
     distribution.assign(dist.begin(), dist.end());
     metadata = {
@@ -159,7 +161,7 @@ TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
   Batch batch({{1, 4096}, {256, 2048}}, {1, 2, 2});
   Selection s = selector->Select(batch.metadata, batch.cache);
   for (int r = 0; r < 2; ++r) {
-    const KernelChoice& c = s.ranges[r];
+    const KernelChoice& c = s.ranges[static_cast<std::size_t>(r)];
     ASSERT_TRUE(c.used);
     EXPECT_LE(VmemFootprint(c.q_tokens_per_block, c.kv_tokens_per_block,
                             batch.metadata.shape, batch.cache.storage),

@@ -13,6 +13,21 @@ namespace {
 
 using attention::KernelKind;
 
+TuneOptions Quick(const char* target) {
+  TuneOptions options;
+  options.target = target;
+  options.quick = true;
+  return options;
+}
+
+PipelineBenchOptions Bench(const char* device, bool host, const char* filter) {
+  PipelineBenchOptions options;
+  options.device = device;
+  options.host = host;
+  options.filter = filter;
+  return options;
+}
+
 void ExpectQuickTable(const TuningTable& table, const std::string& target,
                       bool device) {
   EXPECT_EQ(table.target(), target);
@@ -44,7 +59,7 @@ TEST(TunerTest, QuickDeviceTuningIsDeterministicAndLoadable) {
   ExpectQuickTable(*table, "tpu7x", true);
   EXPECT_GE(lines.size(), 4U);
   // Simulated time: the same search gives the same table.
-  auto again = Tune({.target = "tpu7x", .quick = true});
+  auto again = Tune(Quick("tpu7x"));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->ToJson(), table->ToJson());
   // And the selector uses it.
@@ -53,26 +68,33 @@ TEST(TunerTest, QuickDeviceTuningIsDeterministicAndLoadable) {
 }
 
 TEST(TunerTest, QuickHostTuning) {
-  auto table = Tune(
-      {.target = "host", .host_threads = 1, .repetitions = 1, .quick = true});
+  TuneOptions options = Quick("host");
+  options.host_threads = 1;
+  options.repetitions = 1;
+  auto table = Tune(options);
   ASSERT_TRUE(table.ok()) << table.status().ToString();
   ExpectQuickTable(*table, "host", false);
 }
 
 TEST(TunerTest, BadTargetsAreErrors) {
-  EXPECT_EQ(Tune({.target = "tpu99"}).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(Tune({.target = "host", .host_threads = 0}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Tune(Quick("tpu99")).status().code(), StatusCode::kNotFound);
+  TuneOptions no_threads = Quick("host");
+  no_threads.host_threads = 0;
+  EXPECT_EQ(Tune(no_threads).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(PipelineBenchTest, OptionsAreValidated) {
-  EXPECT_EQ(RunPipelineBench({.page_size = 0}).status().code(),
+  PipelineBenchOptions zero_page = Bench("tpu7x", true, "");
+  zero_page.page_size = 0;
+  EXPECT_EQ(RunPipelineBench(zero_page).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(RunPipelineBench({.host_repetitions = 0}).status().code(),
+  PipelineBenchOptions zero_reps = Bench("tpu7x", true, "");
+  zero_reps.host_repetitions = 0;
+  EXPECT_EQ(RunPipelineBench(zero_reps).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_FALSE(RunPipelineBench({.device = "tpu99"}).ok());
+  EXPECT_FALSE(RunPipelineBench(Bench("tpu99", false, "")).ok());
   // A filter that matches nothing runs nothing.
-  auto rows = RunPipelineBench({.device = "", .host = false, .filter = "zzz"});
+  auto rows = RunPipelineBench(Bench("", false, "zzz"));
   ASSERT_TRUE(rows.ok());
   EXPECT_TRUE(rows->empty());
 }

@@ -28,7 +28,19 @@
 //     the matrix unit, mask / scale / cap / online softmax on the vector
 //     unit, PV on the matrix unit, issued so the two units overlap
 //     (the QK^T of sub-tile i+1 before the PV of sub-tile i);
-//   - blocks fully hidden by the causal mask or the window are skipped.
+//   - blocks fully hidden by the causal mask or the window are skipped;
+//   - the ends of the run are tapered, since nothing hides the first
+//     fetches or the last output write-back: when the run starts with a
+//     causal flash sequence whose second Q block has more work than its
+//     first, its Q blocks go 1, 2, ..., n-1, 0 (the first compute then
+//     hides the next fetches, and the cheap first-rows block ends the run);
+//     and, where a Q block's queries take at least HBM bandwidth x DMA
+//     issue latency bytes, the run's first two steps fetch and compute
+//     their query rows in pieces (1/4, 1/4, 1/2: the first piece computes
+//     once its rows and the keys they see have landed), and the last step
+//     of each of the last two Q blocks finalizes and writes back its output
+//     in pieces (6/16, 5/16, 3/16, 2/16: only the last piece's write-back
+//     follows the last op). Every query row is computed exactly once.
 // Outputs equal the host Run's within SPEC section 4 (the same f32
 // arithmetic in a different order) and the cache equals it bit for bit. One
 // difference: Run writes every new token before any query reads, so a

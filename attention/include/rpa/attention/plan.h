@@ -28,8 +28,13 @@
 // was built for AVX2/FMA/F16C and this CPU lacks them. A failed Create or Run
 // changes nothing (Run validates before its first write).
 //
-// Thread-safety: a plan is immutable after Create; several Runs of one plan
-// may proceed concurrently on different tensors. Run itself never creates
+// Thread-safety: a plan is immutable after Create (until Update, which must
+// not overlap any other use of the plan); several Runs of one plan may
+// proceed concurrently on different tensors. A plan owns scratch for Run
+// (the partial softmax states of split decode sequences): the first Run
+// takes it with an atomic try-lock and a Run that finds it taken allocates
+// its own, so concurrent Runs stay correct and an uncontended Run (one
+// serving loop) allocates nothing once warmed up. Run itself never creates
 // threads: with an executor it spreads the work items over the executor's
 // workers as tasks and joins them (from a fiber it suspends, from any other
 // thread it blocks); without one it runs them on the calling thread.
@@ -41,6 +46,7 @@
 //                                                         params));
 //   RPA_RETURN_IF_ERROR(Run(plan, {q, k, v, cache.Layer(l), out}, executor));
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -98,6 +104,33 @@ class AttentionPlan {
                                         const memory::KvLayerView& cache,
                                         const AttentionParams& params,
                                         const PlanOptions& options = {});
+
+  // Re-plans this plan for another batch (a serving loop's next step) in
+  // place: the same validation and errors as Create, and on error the plan
+  // is unchanged. The plan's vectors keep their capacity (validation goes
+  // into scratch the plan owns, swapped in once it passed), so re-planning a
+  // batch no larger than ones this plan has held allocates nothing.
+  // Thread-safety: not concurrently with any other use of this plan (Run
+  // included).
+  //
+  // Example (one plan per step, reused):
+  //   if (!plan.has_value()) {
+  //     RPA_ASSIGN_OR_RETURN(plan, AttentionPlan::Create(meta, view, params));
+  //   } else {
+  //     RPA_RETURN_IF_ERROR(plan->Update(meta, view, params));
+  //   }
+  [[nodiscard]] Status Update(const BatchMetadata& metadata,
+                              const memory::KvLayerView& cache,
+                              const AttentionParams& params,
+                              const PlanOptions& options = {});
+
+  // Capacity for batches of up to `num_sequences` processed sequences and
+  // `page_table_entries` page-table entries, so that Update for such batches
+  // does not grow the plan's copies of the metadata (a serving loop whose
+  // page table grows a column every page_size_tokens steps calls it when it
+  // grows its own table). Changes nothing but capacity. Thread-safety: as
+  // Update.
+  void Reserve(std::size_t num_sequences, std::size_t page_table_entries);
 
   AttentionPlan(AttentionPlan&&) noexcept;
   AttentionPlan& operator=(AttentionPlan&&) noexcept;
