@@ -29,40 +29,32 @@ std::optional<ByteRange> Intersect(ByteRange a, ByteRange b) {
   return ByteRange{lo, hi - lo};
 }
 
+// Grows *bound to the bounding range of itself and `part` (if any).
+void ExtendBound(const std::optional<ByteRange>& part,
+                 std::optional<ByteRange>* bound) {
+  if (!part.has_value()) return;
+  if (!bound->has_value()) {
+    *bound = part;
+    return;
+  }
+  const std::uint64_t lo = std::min((*bound)->offset, part->offset);
+  const std::uint64_t hi =
+      std::max((*bound)->offset + (*bound)->bytes, part->offset + part->bytes);
+  *bound = ByteRange{lo, hi - lo};
+}
+
 // Bounding range of the overlap of `a` with any of `ranges`.
 std::optional<ByteRange> Overlap(ByteRange a,
                                  const std::vector<ByteRange>& ranges) {
   std::optional<ByteRange> out;
-  for (const ByteRange& r : ranges) {
-    const std::optional<ByteRange> both = Intersect(a, r);
-    if (!both.has_value()) continue;
-    if (!out.has_value()) {
-      out = both;
-    } else {
-      const std::uint64_t lo = std::min(out->offset, both->offset);
-      const std::uint64_t hi =
-          std::max(out->offset + out->bytes, both->offset + both->bytes);
-      out = ByteRange{lo, hi - lo};
-    }
-  }
+  for (const ByteRange& r : ranges) ExtendBound(Intersect(a, r), &out);
   return out;
 }
 
 std::optional<ByteRange> Overlap(const std::vector<ByteRange>& a,
                                  const std::vector<ByteRange>& b) {
   std::optional<ByteRange> out;
-  for (const ByteRange& r : a) {
-    const std::optional<ByteRange> both = Overlap(r, b);
-    if (!both.has_value()) continue;
-    if (!out.has_value()) {
-      out = both;
-    } else {
-      const std::uint64_t lo = std::min(out->offset, both->offset);
-      const std::uint64_t hi =
-          std::max(out->offset + out->bytes, both->offset + both->bytes);
-      out = ByteRange{lo, hi - lo};
-    }
-  }
+  for (const ByteRange& r : a) ExtendBound(Overlap(r, b), &out);
   return out;
 }
 

@@ -59,26 +59,26 @@ struct TuneArgs {
 int RunTune(const TuneArgs& args);
 
 struct DemoArgs {
-  int requests = 0;           // 0 = the target's default (see demo_command.cc)
-  std::string trace;          // CSV to replay (its first `requests` rows)
+  int requests = 0;            // 0 = the target's default (see demo_command.cc)
+  std::string trace;           // CSV to replay (its first `requests` rows)
   std::string azure = "conv";  // length distribution without --trace
-  std::string azure_dir;      // where splitwise_{conv,code}.csv are
+  std::string azure_dir;       // where splitwise_{conv,code}.csv are
   std::string target = "host";
-  int layers = 0;             // 0 = the target's default
+  int layers = 0;  // 0 = the target's default
   std::uint64_t seed = 2023;
-  std::string out;            // directory for trace.json and summary.json
+  std::string out;  // directory for trace.json and summary.json
   int threads = 2;
   bool json = false;
-  double rate = 0;            // requests/s (Poisson); 0 = the trace's own
-  int concurrency = 0;        // > 0: closed loop with this many in flight
-  double time_scale = 1.0;    // --trace: arrival times multiplied by this
-  double length_scale = 0;    // 0 = the target's default
+  double rate = 0;             // requests/s (Poisson); 0 = the trace's own
+  int concurrency = 0;         // > 0: closed loop with this many in flight
+  double time_scale = 1.0;     // --trace: arrival times multiplied by this
+  double length_scale = 0;     // 0 = the target's default
   int max_prompt_tokens = -1;  // -1 = default, 0 = no cap
   int max_output_tokens = -1;
   double shared_prefix_fraction = 0;
   int shared_prefixes = 4;
   int shared_prefix_tokens = 512;
-  int kv_budget_mib = 0;      // 0 = default
+  int kv_budget_mib = 0;  // 0 = default
   int max_tokens_per_step = 512;
   int chunk_prefill_tokens = 256;
   std::string preemption = "swap";

@@ -19,6 +19,7 @@
 
 #include "demo.h"
 #include "demo_progress.h"
+#include "mix64.h"
 
 #include "rpa/runtime/executor.h"
 #include "rpa/scheduler/synthetic_model.h"
@@ -117,12 +118,7 @@ class StepTensors {
   std::vector<float> q_, k_, v_, out_;
 };
 
-std::uint64_t Mix(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using scheduler::internal::Mix64;
 
 std::string RangeArgs(const StepPlan& plan) {
   return fmt::format(
@@ -313,7 +309,7 @@ StatusOr<DemoResult> RunDemoLoop(const DemoConfig& config) {
         plan.step_index % verify_stride == 0) {
       // Scan from a pseudo-random start so the choice moves around.
       const std::size_t n = plan.requests.size();
-      const std::size_t first = Mix(config.seed ^ plan.step_index) % n;
+      const std::size_t first = Mix64(config.seed ^ plan.step_index) % n;
       verify_index = first;
       for (std::size_t k = 0; k < n; ++k) {
         const std::size_t i = (first + k) % n;

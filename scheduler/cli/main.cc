@@ -86,8 +86,9 @@ int main(int argc, char** argv) {
                              "include the host rows");
     bench_pipeline->add_option("--page-size", pipeline.page_size, "tokens")
         ->check(CLI::Range(1, 4096));
-    bench_pipeline->add_option("--repetitions", pipeline.repetitions,
-                               "host rows: best of N")
+    bench_pipeline
+        ->add_option("--repetitions", pipeline.repetitions,
+                     "host rows: best of N")
         ->check(CLI::Range(1, 1000));
     bench_pipeline->add_flag("--json", pipeline.json,
                              "print only a JSON array of rows on stdout");
@@ -102,8 +103,9 @@ int main(int argc, char** argv) {
         "tune",
         "Regenerate the kernel selector's tuning table by search (simulated "
         "time for a device, measured time for the host)");
-    tune_cmd->add_option("--target", tune.target, "host, v5e, v6e, tpu7x or a "
-                                                  "device JSON file");
+    tune_cmd->add_option("--target", tune.target,
+                         "host, v5e, v6e, tpu7x or a "
+                         "device JSON file");
     tune_cmd->add_option("--out", tune.out,
                          "write the table here (default: stdout)");
     tune_cmd->add_option("--threads", tune.threads, "host: worker threads")

@@ -140,24 +140,6 @@ StatusOr<std::uint32_t> ValidateOptions(const EngineOptions& options) {
   return static_cast<std::uint32_t>(num_pages);
 }
 
-// "host" (no device), a preset name, or a device JSON file.
-StatusOr<std::optional<device::DeviceSpec>> ResolveTarget(
-    const std::string& target) {
-  if (target == "host") return std::optional<device::DeviceSpec>();
-  StatusOr<device::DeviceSpec> preset = device::DevicePreset(target);
-  if (preset.ok()) return std::optional<device::DeviceSpec>(*preset);
-  std::error_code error;
-  if (!target.empty() && std::filesystem::is_regular_file(target, error)) {
-    RPA_ASSIGN_OR_RETURN(device::DeviceSpec spec,
-                         device::LoadDeviceSpec(target));
-    return std::optional<device::DeviceSpec>(std::move(spec));
-  }
-  return NotFoundError(fmt::format(
-      "target '{}' is neither \"host\", a device preset ({}) nor a device "
-      "JSON file",
-      target, fmt::join(device::DevicePresetNames(), ", ")));
-}
-
 std::int64_t NanosSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now() - start)
@@ -189,10 +171,11 @@ Status Engine::Impl::Init(std::uint32_t num_pages) {
                       : options_.max_tokens_per_step;
   token_bytes_ = std::size_t{2} * model.num_kv_heads * model.head_dim *
                  memory::StorageBytes(model.storage);
-  RPA_ASSIGN_OR_RETURN(device_spec_, ResolveTarget(options_.target));
+  // The selector resolves the target: "host", a preset or a device JSON.
   RPA_ASSIGN_OR_RETURN(KernelSelector selector,
                        KernelSelector::Create(options_.target));
   selector_.emplace(std::move(selector));
+  device_spec_ = selector_->device();
   if (options_.executor != nullptr) {
     executor_ = options_.executor;
   } else {

@@ -3,23 +3,11 @@
 #include <algorithm>
 #include <bit>
 
+#include "mix64.h"
+
 #include "rpa/runtime/check.h"
 
 namespace rpa::scheduler::internal {
-namespace {
-
-// splitmix64's finalizer: every input bit affects every output bit.
-std::uint64_t Mix(std::uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
-
 PrefixCache::PrefixCache(memory::KvCache* cache, std::uint32_t page_size_tokens)
     : cache_(cache),
       num_pages_(cache->config().num_pages),
@@ -35,12 +23,13 @@ PrefixCache::PrefixCache(memory::KvCache* cache, std::uint32_t page_size_tokens)
 
 std::uint64_t PrefixCache::ChainHash(
     std::uint64_t parent_hash, std::span<const std::int32_t> page_tokens) {
-  std::uint64_t h = Mix(parent_hash ^ 0x6a09e667f3bcc909ULL);
+  std::uint64_t h = Mix64Finalize(parent_hash ^ 0x6a09e667f3bcc909ULL);
   for (std::int32_t token : page_tokens) {
-    h = Mix(h ^ (static_cast<std::uint64_t>(static_cast<std::uint32_t>(token)) *
-                 0x9e3779b97f4a7c15ULL));
+    h = Mix64Finalize(
+        h ^ (static_cast<std::uint64_t>(static_cast<std::uint32_t>(token)) *
+             0x9e3779b97f4a7c15ULL));
   }
-  return Mix(h ^ page_tokens.size());
+  return Mix64Finalize(h ^ page_tokens.size());
 }
 
 bool PrefixCache::Matches(std::uint32_t index, std::uint64_t hash,

@@ -10,17 +10,14 @@
 #include <limits>
 #include <vector>
 
+#include "mix64.h"
+
 #include "rpa/attention/storage_convert.h"
 
 namespace rpa::scheduler {
 namespace {
 
-std::uint64_t Mix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using internal::Mix64;
 
 enum Tensor : std::uint64_t { kTensorQ = 1, kTensorK = 2, kTensorV = 3 };
 

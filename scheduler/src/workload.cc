@@ -15,6 +15,8 @@
 #include <system_error>
 #include <utility>
 
+#include "mix64.h"
+
 namespace rpa::scheduler {
 namespace {
 
@@ -23,14 +25,9 @@ constexpr std::string_view kHeader =
 constexpr std::string_view kColumnNames[3] = {
     "arrived_at", "num_prefill_tokens", "num_decode_tokens"};
 
-// SplitMix64's finalizer: a bijective 64-bit mix, so distinct inputs never
-// collide before the modulo.
-std::uint64_t Mix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// Mix64 (mix64.h) is bijective, so distinct inputs never collide before the
+// modulo.
+using internal::Mix64;
 
 // Independent streams of one seed: every random decision is a pure function
 // of (seed, stream, a, b), so a request's lengths, arrival, prefix and tokens

@@ -4,15 +4,12 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
+#include "scheduler/cli_runner.h"
 #include <nlohmann/json.hpp>
 
 namespace rpa::scheduler {
@@ -21,11 +18,8 @@ namespace {
 using ::testing::HasSubstr;
 using Json = nlohmann::json;
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using Result = testing_util::CliResult;
+using testing_util::Slurp;
 
 class CliDemoTest : public ::testing::Test {
  protected:
@@ -37,23 +31,8 @@ class CliDemoTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(root_); }
 
-  static std::string Slurp(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-  }
-
   Result Rpa(const std::string& args) {
-    const std::string command = std::string(RPA_CLI_PATH) + " " + args + " >" +
-                                (root_ / "stdout").string() + " 2>" +
-                                (root_ / "stderr").string();
-    const int status = std::system(command.c_str());
-    Result result;
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    result.out = Slurp(root_ / "stdout");
-    result.err = Slurp(root_ / "stderr");
-    return result;
+    return testing_util::RunRpa(root_, args);
   }
 
   // A tiny configuration: short requests, one layer, a few verified rows.

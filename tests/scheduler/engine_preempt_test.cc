@@ -97,11 +97,7 @@ TEST(EnginePreemptTest, SwappedKvComesBackBitIdentical) {
   Driver driver(engine->get());
   RunResult result;
   for (const TestRequest& request : PressureWorkload()) {
-    ASSERT_TRUE((*engine)
-                    ->AddRequest(request.id, request.prompt, request.max_new,
-                                 {.priority = request.priority})
-                    .ok());
-    result.tokens[request.id] = request.prompt;
+    ASSERT_TRUE(driver.Add(request, &result).ok());
   }
   bool saw_swapped = false;
   bool saw_resumed = false;
@@ -133,11 +129,7 @@ TEST(EnginePreemptTest, AbortDuringSwapOutReturnsThePagesAtOnce) {
   Driver driver(engine->get());
   RunResult result;
   for (const TestRequest& request : PressureWorkload()) {
-    ASSERT_TRUE((*engine)
-                    ->AddRequest(request.id, request.prompt, request.max_new,
-                                 {.priority = request.priority})
-                    .ok());
-    result.tokens[request.id] = request.prompt;
+    ASSERT_TRUE(driver.Add(request, &result).ok());
   }
   bool aborted_in_flight = false;
   for (int step = 0; step < 500 && (*engine)->HasWork(); ++step) {

@@ -211,6 +211,14 @@ bool Driver::Step(RunResult* result, bool check_kv) {
   return true;
 }
 
+Status Driver::Add(const TestRequest& request, RunResult* result) {
+  RPA_RETURN_IF_ERROR(engine_->AddRequest(request.id, request.prompt,
+                                          request.max_new,
+                                          {.priority = request.priority}));
+  result->tokens[request.id] = request.prompt;
+  return OkStatus();
+}
+
 RunResult Driver::Run(const EngineOptions& options,
                       const std::vector<TestRequest>& requests, int max_steps,
                       bool check_kv) {
@@ -229,15 +237,11 @@ RunResult Driver::Run(const EngineOptions& options,
                    });
   for (int step = 0; step < max_steps; ++step) {
     while (next < ordered.size() && ordered[next].add_at_step <= step) {
-      const TestRequest& request = ordered[next++];
-      const Status added =
-          (*engine)->AddRequest(request.id, request.prompt, request.max_new,
-                                {.priority = request.priority});
+      const Status added = driver.Add(ordered[next++], &result);
       if (!added.ok()) {
         result.failure = added.ToString();
         return result;
       }
-      result.tokens[request.id] = request.prompt;
     }
     if (!(*engine)->HasWork() && next == ordered.size()) break;
     if (!driver.Step(&result, check_kv)) break;

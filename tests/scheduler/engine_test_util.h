@@ -17,18 +17,16 @@
 #include <tuple>
 #include <vector>
 
+#include "mix64.h"
+
 #include "rpa/memory/storage_type.h"
 #include "rpa/scheduler/engine.h"
 
 namespace rpa::scheduler::testing_util {
 
+// SplitMix64's finalizer (scheduler/src/mix64.h).
 inline std::uint64_t Mix64(std::uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
+  return internal::Mix64Finalize(x);
 }
 
 // Uniform in [-1, 1).
@@ -105,6 +103,9 @@ class Driver {
   // the layers, Commit; checks the plan's shape, the engine's invariants and
   // that no computed token's KV ever changes.
   bool Step(RunResult* result, bool check_kv = true);
+
+  // Adds `request` to the engine and records its prompt in result->tokens.
+  Status Add(const TestRequest& request, RunResult* result);
 
   // Adds `requests` at their steps and steps until no work is left (or
   // max_steps). Returns the run's record.

@@ -159,7 +159,8 @@ struct EngineOptions {
   std::uint32_t page_size_tokens = 16;  // >= 1
 
   // "host", a device preset name ("v5e", "v6e", "tpu7x") or the path of a
-  // device JSON file (device/device_spec.h's LoadDeviceSpec).
+  // device JSON file (device/device_spec.h's ResolveDeviceSpec: a target with a
+  // '/' or ending in ".json" is a path).
   std::string target = "host";
 
   // Token budget per step: the sum of the scheduled tokens (T) never exceeds
