@@ -93,13 +93,16 @@ DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
 }
 
 // The layout one range alone needs.
-VmemLayout RangeLayout(const ValidatedBatch& batch, KernelKind kernel,
-                       const RangeShape& range,
-                       const DeviceBlockSizes& blocks) {
-  const std::uint64_t hq = batch.shape.num_q_heads;
-  const std::uint64_t hkv = batch.shape.num_kv_heads;
-  const std::uint64_t dim = batch.shape.head_dim;
-  const std::uint64_t ps = batch.cache.page_size_tokens;
+// The buffers one range needs (its Q block, KV block, staging and tiles).
+VmemLayout RangeLayout(const BatchShape& shape, memory::StorageType storage,
+                       std::uint32_t page_size_tokens,
+                       const DeviceRangeDemand& range) {
+  const std::uint64_t hq = shape.num_q_heads;
+  const std::uint64_t hkv = shape.num_kv_heads;
+  const std::uint64_t dim = shape.head_dim;
+  const std::uint64_t group = hkv == 0 ? 1 : hq / hkv;
+  const std::uint64_t ps = page_size_tokens;
+  const DeviceBlockSizes& blocks = range.blocks;
   const std::uint64_t q_tokens = blocks.q_tokens_per_block;
   const std::uint64_t block_tokens = blocks.kv_pages_per_block * ps;
   const std::uint64_t compute_tokens =
@@ -108,18 +111,26 @@ VmemLayout RangeLayout(const ValidatedBatch& batch, KernelKind kernel,
   const std::uint64_t stage_tokens = std::min<std::uint64_t>(
       block_tokens, static_cast<std::uint64_t>(std::max(1, range.max_q_len)));
   const std::uint64_t step_rows =
-      (kernel == KernelKind::kDecode ? 1 : q_tokens) * batch.group_size;
+      (range.kernel == KernelKind::kDecode ? 1 : q_tokens) * group;
   VmemLayout layout;
   layout.q_slot_bytes = q_tokens * hq * dim * kFloatBytes;
   layout.out_slot_bytes = layout.q_slot_bytes;
   layout.kv_slot_bytes = blocks.kv_pages_per_block * ps * 2 * hkv * dim *
-                         memory::StorageBytes(batch.cache.storage);
+                         memory::StorageBytes(storage);
   layout.stage_slot_bytes = stage_tokens * 2 * hkv * dim * kFloatBytes;
   layout.scores_slot_bytes = step_rows * compute_tokens * kFloatBytes;
   layout.pv_slot_bytes = step_rows * dim * kFloatBytes;
   layout.acc_bytes = q_tokens * hq * dim * kFloatBytes;
   layout.state_bytes = q_tokens * hq * 2 * kFloatBytes;
   return layout;
+}
+
+VmemLayout RangeLayout(const ValidatedBatch& batch, KernelKind kernel,
+                       const RangeShape& range,
+                       const DeviceBlockSizes& blocks) {
+  return RangeLayout(
+      batch.shape, batch.cache.storage, batch.cache.page_size_tokens,
+      {.kernel = kernel, .max_q_len = range.max_q_len, .blocks = blocks});
 }
 
 VmemLayout MaxLayout(const VmemLayout& a, const VmemLayout& b) {
@@ -169,6 +180,26 @@ VmemLayout ComputeVmemLayout(const ValidatedBatch& batch,
   }
   return layout;
 }
+
+}  // namespace rpa::attention::internal
+
+namespace rpa::attention {
+
+std::uint64_t DeviceVmemBytes(const BatchShape& shape,
+                              memory::StorageType storage,
+                              std::uint32_t page_size_tokens,
+                              std::span<const DeviceRangeDemand> ranges) {
+  internal::VmemLayout layout;
+  for (const DeviceRangeDemand& range : ranges) {
+    layout = internal::MaxLayout(
+        layout, internal::RangeLayout(shape, storage, page_size_tokens, range));
+  }
+  return layout.total_bytes();
+}
+
+}  // namespace rpa::attention
+
+namespace rpa::attention::internal {
 
 std::string DescribeBlocks(const DeviceBlockChoice& choice) {
   std::string text;

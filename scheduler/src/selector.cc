@@ -1,6 +1,9 @@
 #include "rpa/scheduler/selector.h"
 
 #include <algorithm>
+#include <array>
+#include <cstddef>
+#include <span>
 #include <utility>
 
 namespace rpa::scheduler {
@@ -60,25 +63,6 @@ void DeviceFallback(KernelKind kernel, const TuningKey& key,
   }
 }
 
-// Halves kv (page multiples), then q, until the footprint fits.
-void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
-             std::uint32_t page, std::uint64_t vmem_bytes,
-             KernelChoice* choice) {
-  while (VmemFootprint(choice->q_tokens_per_block, choice->kv_tokens_per_block,
-                       shape, storage) > vmem_bytes) {
-    if (choice->kv_tokens_per_block > page) {
-      choice->kv_tokens_per_block =
-          std::max(page, choice->kv_tokens_per_block / 2 / page * page);
-    } else if (choice->q_tokens_per_block > 1) {
-      choice->q_tokens_per_block /= 2;
-    } else {
-      break;  // one token and one page: RunOnDevice reports the shortfall
-    }
-  }
-  choice->compute_kv_tokens =
-      std::min(choice->compute_kv_tokens, choice->kv_tokens_per_block);
-}
-
 attention::DeviceBlockSizes ToDeviceBlocks(const KernelChoice& choice,
                                            std::uint32_t page) {
   return {.q_tokens_per_block = choice.q_tokens_per_block,
@@ -86,25 +70,64 @@ attention::DeviceBlockSizes ToDeviceBlocks(const KernelChoice& choice,
           .compute_kv_tokens = choice.compute_kv_tokens};
 }
 
-}  // namespace
-
-std::uint64_t VmemFootprint(std::uint32_t q_tokens_per_block,
-                            std::uint32_t kv_tokens_per_block,
-                            const attention::BatchShape& shape,
-                            memory::StorageType storage) {
-  const std::uint64_t q = q_tokens_per_block;
-  const std::uint64_t kv = kv_tokens_per_block;
-  const std::uint64_t hq = shape.num_q_heads;
-  const std::uint64_t hkv = shape.num_kv_heads;
-  const std::uint64_t d = shape.head_dim;
-  const std::uint64_t q_block = q * hq * d * 4;
-  const std::uint64_t kv_block =
-      kv * 2 * hkv * d * memory::StorageBytes(storage);
-  const std::uint64_t staging = q * 2 * hkv * d * 4;
-  const std::uint64_t out_block = q * hq * d * 4;
-  const std::uint64_t softmax_state = q * hq * (d + 2) * 4;
-  return 2 * (q_block + kv_block + staging + out_block) + softmax_state;
+attention::DeviceRangeDemand Demand(const KernelChoice& choice,
+                                    std::uint32_t page) {
+  return {.kernel = choice.kernel,
+          .max_q_len =
+              static_cast<std::int32_t>(std::max(choice.key.max_q_len, 1U)),
+          .blocks = ToDeviceBlocks(choice, page)};
 }
+
+// One step smaller: kv (page multiples), else q, else the compute sub-tile.
+// False when the choice is one page, one token and one key already.
+bool Shrink(std::uint32_t page, KernelChoice* choice) {
+  if (choice->kv_tokens_per_block > page) {
+    choice->kv_tokens_per_block =
+        std::max(page, choice->kv_tokens_per_block / 2 / page * page);
+  } else if (choice->q_tokens_per_block > 1) {
+    choice->q_tokens_per_block /= 2;
+  } else if (choice->compute_kv_tokens > 1) {
+    choice->compute_kv_tokens /= 2;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Shrinks the range whose own buffers are largest, one step at a time, until
+// the buffers the used ranges share (attention::DeviceVmemBytes, the model
+// RunOnDevice checks) fit; if nothing can shrink, RunOnDevice reports the
+// shortfall.
+void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
+             std::uint32_t page, std::uint64_t vmem_bytes,
+             std::array<KernelChoice, 3>* ranges) {
+  for (;;) {
+    std::array<attention::DeviceRangeDemand, 3> demands{};
+    std::size_t num_used = 0;
+    KernelChoice* largest = nullptr;
+    std::uint64_t largest_bytes = 0;
+    for (KernelChoice& choice : *ranges) {
+      if (!choice.used) continue;
+      choice.compute_kv_tokens =
+          std::min(choice.compute_kv_tokens, choice.kv_tokens_per_block);
+      demands[num_used++] = Demand(choice, page);
+      const std::uint64_t own = attention::DeviceVmemBytes(
+          shape, storage, page, std::span(&demands[num_used - 1], 1));
+      if (largest == nullptr || own > largest_bytes) {
+        largest = &choice;
+        largest_bytes = own;
+      }
+    }
+    if (attention::DeviceVmemBytes(shape, storage, page,
+                                   std::span(demands.data(), num_used)) <=
+        vmem_bytes) {
+      return;
+    }
+    if (largest == nullptr || !Shrink(page, largest)) return;
+  }
+}
+
+}  // namespace
 
 KernelSelector::KernelSelector(std::string target,
                                std::optional<device::DeviceSpec> device,
@@ -145,6 +168,7 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
   selection.plan_options.parallelism = std::max(parallelism, 1);
   const attention::BatchShape& shape = metadata.shape;
   const std::uint32_t page = std::max(cache.page_size_tokens, 1U);
+  // Kernels and block sizes per range, from the table or the fallback rule.
   for (int range = 0; range < 3; ++range) {
     KernelChoice& choice = selection.ranges[static_cast<std::size_t>(range)];
     const RangeShape described = DescribeRange(metadata, range);
@@ -158,25 +182,31 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
                   .page_size = cache.page_size_tokens,
                   .max_q_len = described.max_q_len,
                   .max_kv_len = described.max_kv_len};
-    if (choice.used) {
-      if (const TuningEntry* entry = table_.Find(choice.kernel, choice.key)) {
-        choice.from_table = true;
-        choice.q_tokens_per_block = entry->q_tokens_per_block;
-        choice.kv_tokens_per_block = entry->kv_tokens_per_block;
-        choice.compute_kv_tokens = entry->compute_kv_tokens;
-      } else if (device_.has_value()) {
-        DeviceFallback(choice.kernel, choice.key, &choice);
-      }
-      if (device_.has_value()) {
-        choice.kv_tokens_per_block =
-            std::max(page, choice.kv_tokens_per_block / page * page);
-        if (choice.q_tokens_per_block == 0) choice.q_tokens_per_block = 1;
-        if (choice.compute_kv_tokens == 0) {
-          choice.compute_kv_tokens = choice.kv_tokens_per_block;
-        }
-        FitVmem(shape, cache.storage, page, device_->vmem_bytes, &choice);
+    if (!choice.used) continue;
+    if (const TuningEntry* entry = table_.Find(choice.kernel, choice.key)) {
+      choice.from_table = true;
+      choice.q_tokens_per_block = entry->q_tokens_per_block;
+      choice.kv_tokens_per_block = entry->kv_tokens_per_block;
+      choice.compute_kv_tokens = entry->compute_kv_tokens;
+    } else if (device_.has_value()) {
+      DeviceFallback(choice.kernel, choice.key, &choice);
+    }
+    if (device_.has_value()) {
+      choice.kv_tokens_per_block =
+          std::max(page, choice.kv_tokens_per_block / page * page);
+      if (choice.q_tokens_per_block == 0) choice.q_tokens_per_block = 1;
+      if (choice.compute_kv_tokens == 0) {
+        choice.compute_kv_tokens = choice.kv_tokens_per_block;
       }
     }
+  }
+  // On a device the ranges share VMEM buffers: fit them together.
+  if (device_.has_value()) {
+    FitVmem(shape, cache.storage, page, device_->vmem_bytes, &selection.ranges);
+  }
+  for (int range = 0; range < 3; ++range) {
+    const KernelChoice& choice =
+        selection.ranges[static_cast<std::size_t>(range)];
     switch (range) {
       case 0:
         selection.plan_options.decode_range_kernel = choice.kernel;

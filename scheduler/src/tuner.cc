@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -136,6 +137,30 @@ StatusOr<std::unique_ptr<AttentionWorkload>> MakeWorkload(
   return AttentionWorkload::Create(shape.name, spec);
 }
 
+attention::DeviceBlockSizes DeviceBlocks(const TuneShape& shape,
+                                         const Candidate& c) {
+  return {.q_tokens_per_block = c.q_tokens,
+          .kv_pages_per_block = std::max(1U, c.kv_tokens / shape.page_size),
+          .compute_kv_tokens = c.compute_kv_tokens};
+}
+
+// Whether the candidate's buffers fit the device's VMEM, by the model
+// RunOnDevice checks (attention::DeviceVmemBytes).
+bool FitsVmem(const TuneShape& shape, const Candidate& c,
+              const attention::BatchShape& batch_shape,
+              const device::DeviceSpec& device) {
+  std::int32_t max_q_len = 1;
+  for (const WorkloadSequence& s : shape.sequences) {
+    max_q_len = std::max(max_q_len, s.q_len);
+  }
+  const attention::DeviceRangeDemand demand{.kernel = shape.kernel,
+                                            .max_q_len = max_q_len,
+                                            .blocks = DeviceBlocks(shape, c)};
+  return attention::DeviceVmemBytes(batch_shape, memory::StorageType::kBf16,
+                                    shape.page_size,
+                                    std::span(&demand, 1)) <= device.vmem_bytes;
+}
+
 // Seconds of one candidate (simulated or best measured).
 StatusOr<double> Measure(const TuneShape& shape, const Candidate& c,
                          AttentionWorkload& w,
@@ -157,10 +182,7 @@ StatusOr<double> Measure(const TuneShape& shape, const Candidate& c,
                                                   w.params(), plan_options));
   if (device) {
     attention::DeviceRunOptions run;
-    const attention::DeviceBlockSizes blocks{
-        .q_tokens_per_block = c.q_tokens,
-        .kv_pages_per_block = std::max(1U, c.kv_tokens / shape.page_size),
-        .compute_kv_tokens = c.compute_kv_tokens};
+    const attention::DeviceBlockSizes blocks = DeviceBlocks(shape, c);
     run.decode_blocks = run.prefill_blocks = run.mixed_blocks = blocks;
     RPA_ASSIGN_OR_RETURN(
         attention::DeviceRunReport report,
@@ -207,10 +229,8 @@ StatusOr<TuningTable> Tune(const TuneOptions& options) {
     double best_s = std::numeric_limits<double>::infinity();
     for (const Candidate& c :
          Candidates(shape.kernel, device.has_value(), options.quick)) {
-      if (device &&
-          VmemFootprint(c.q_tokens, c.kv_tokens, workload->metadata().shape,
-                        memory::StorageType::kBf16) > device->vmem_bytes) {
-        continue;
+      if (device && !FitsVmem(shape, c, workload->metadata().shape, *device)) {
+        continue;  // RunOnDevice would refuse it
       }
       RPA_ASSIGN_OR_RETURN(double seconds, Measure(shape, c, *workload, device,
                                                    executor.get(), options));

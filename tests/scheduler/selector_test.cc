@@ -2,9 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <string>
 #include <vector>
 
+#include "rpa/attention/device_run.h"
 #include "rpa/attention/plan.h"
+#include "rpa/device/device_spec.h"
+#include "rpa/scheduler/attention_workloads.h"
 
 namespace rpa::scheduler {
 namespace {
@@ -144,31 +149,78 @@ TEST(SelectorTest, TableEntriesWinOverTheFallback) {
       StatusCode::kInvalidArgument);
 }
 
-TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
+// A tpu7x with `vmem_bytes` of VMEM, as a device JSON file the selector loads.
+std::string WriteTinyDevice(std::uint64_t vmem_bytes) {
   auto spec = device::ParseDeviceSpec(
-      R"({"base": "tpu7x", "name": "tiny", "vmem_bytes": 1048576})");
-  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+      R"({"base": "tpu7x", "name": "tiny", "vmem_bytes": )" +
+      std::to_string(vmem_bytes) + "}");
+  EXPECT_TRUE(spec.ok()) << spec.status().ToString();
   const std::string path = ::testing::TempDir() + "/tiny_device.json";
-  {
-    FILE* f = std::fopen(path.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    const std::string json = device::DeviceSpecToJson(*spec);
-    std::fwrite(json.data(), 1, json.size(), f);
-    std::fclose(f);
+  FILE* f = std::fopen(path.c_str(), "w");
+  EXPECT_NE(f, nullptr);
+  const std::string json = device::DeviceSpecToJson(*spec);
+  std::fwrite(json.data(), 1, json.size(), f);
+  std::fclose(f);
+  return path;
+}
+
+// The VMEM the used ranges of `s` share, by RunOnDevice's own model.
+std::uint64_t SharedVmemBytes(const Selection& s, const Batch& batch) {
+  std::vector<attention::DeviceRangeDemand> demands;
+  const attention::DeviceBlockSizes* blocks[3] = {
+      &s.device_options.decode_blocks, &s.device_options.prefill_blocks,
+      &s.device_options.mixed_blocks};
+  for (const KernelChoice& c : s.ranges) {
+    if (!c.used) continue;
+    demands.push_back({.kernel = c.kernel,
+                       .max_q_len = static_cast<std::int32_t>(c.key.max_q_len),
+                       .blocks = *blocks[static_cast<int>(c.kernel)]});
   }
+  return attention::DeviceVmemBytes(batch.metadata.shape, batch.cache.storage,
+                                    batch.cache.page_size_tokens, demands);
+}
+
+TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
+  const std::string path = WriteTinyDevice(1048576);
   auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
   ASSERT_TRUE(selector.ok()) << selector.status().ToString();
   Batch batch({{1, 4096}, {256, 2048}}, {1, 2, 2});
   Selection s = selector->Select(batch.metadata, batch.cache);
+  EXPECT_LE(SharedVmemBytes(s, batch), 1048576U);
   for (int r = 0; r < 2; ++r) {
     const KernelChoice& c = s.ranges[static_cast<std::size_t>(r)];
     ASSERT_TRUE(c.used);
-    EXPECT_LE(VmemFootprint(c.q_tokens_per_block, c.kv_tokens_per_block,
-                            batch.metadata.shape, batch.cache.storage),
-              1048576U)
-        << r;
     EXPECT_EQ(c.kv_tokens_per_block % 16, 0U);
     EXPECT_LE(c.compute_kv_tokens, c.kv_tokens_per_block);
+  }
+}
+
+// The selection must be accepted by RunOnDevice itself: a decode range with
+// long sequences and a prefill range with a long chunk want different buffers
+// at their largest, and the ranges share them.
+TEST(SelectorTest, SelectionsRunOnADeviceWithTightVmem) {
+  for (const std::uint64_t vmem :
+       {std::uint64_t{2} << 20, std::uint64_t{8} << 20,
+        std::uint64_t{64} << 20}) {
+    const std::string path = WriteTinyDevice(vmem);
+    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    ASSERT_TRUE(selector.ok()) << selector.status().ToString();
+    AttentionWorkloadSpec spec;
+    spec.page_size_tokens = 16;
+    spec.sequences = {{1, 3000}, {1, 700}, {512, 1024}, {40, 900}};
+    spec.distribution = {2, 3, 4};
+    spec.chunk_prefill_size = 512;
+    auto workload = AttentionWorkload::Create("tight_vmem", spec);
+    ASSERT_TRUE(workload.ok()) << workload.status().ToString();
+    AttentionWorkload& w = **workload;
+    Selection s = selector->Select(w.metadata(), w.cache());
+    auto plan = attention::AttentionPlan::Create(w.metadata(), w.cache(),
+                                                 w.params(), s.plan_options);
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+    auto report = attention::RunOnDevice(*plan, w.tensors(),
+                                         *selector->device(), s.device_options);
+    ASSERT_TRUE(report.ok()) << vmem << ": " << report.status().ToString();
+    EXPECT_LE(report->vmem_high_water_bytes, vmem);
   }
 }
 

@@ -61,6 +61,7 @@
 //                        RunOnDevice(plan, tensors, spec));
 //   // tensors.out and the cache are written; report.simulated_us, .mbu ...
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -99,6 +100,25 @@ struct DeviceBlockSizes {
   std::uint32_t kv_pages_per_block = 0;  // pages per KV block
   std::uint32_t compute_kv_tokens = 0;   // keys per compute sub-tile
 };
+
+// What one used range of a batch asks of VMEM (DeviceVmemBytes).
+struct DeviceRangeDemand {
+  KernelKind kernel = KernelKind::kDecode;
+  std::int32_t max_q_len = 1;  // the range's longest q_len
+  DeviceBlockSizes blocks;     // every field > 0
+};
+
+// The bytes of VMEM RunOnDevice allocates for a batch of `shape` over a cache
+// of `storage` with `page_size_tokens`, whose used ranges have these blocks:
+// double-buffered Q, output, KV, new-K/V staging, scores and PV tiles plus
+// the accumulators, each buffer as large as the most demanding range needs
+// (the ranges run one after another and share the buffers). This is the
+// model RunOnDevice checks against spec.vmem_bytes, so a caller choosing
+// blocks (the scheduler's selector, the tuner) can keep within VMEM.
+std::uint64_t DeviceVmemBytes(const BatchShape& shape,
+                              memory::StorageType storage,
+                              std::uint32_t page_size_tokens,
+                              std::span<const DeviceRangeDemand> ranges);
 
 struct DeviceRunOptions {
   DeviceSchedule schedule = DeviceSchedule::kPipelined;

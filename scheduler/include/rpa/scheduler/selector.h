@@ -18,9 +18,11 @@
 //                   compute sub-tile 512 keys (or the block if smaller);
 //           prefill/mixed q min(256, longest q_len rounded up to 8), kv 512
 //                   tokens (page multiple), compute sub-tile 256 keys;
-// then, on a device, the blocks are halved (kv first, then q) until the
-// double-buffered VMEM footprint fits the device's VMEM (VmemFootprint
-// below), so a selection never exceeds VMEM.
+// then, on a device, the range whose buffers are largest is shrunk (kv
+// halved in page multiples, else q halved, else the compute sub-tile) until
+// the buffers all used ranges share fit the device's VMEM, measured with
+// attention::DeviceVmemBytes, the model RunOnDevice checks: a selection
+// never exceeds VMEM unless even one page, one token and one key do not fit.
 //
 // Thread-safety: immutable after Create; Select from any number of threads.
 // Memory ordering: none.
@@ -66,15 +68,6 @@ struct Selection {
   // Device block sizes per kernel kind (device targets).
   attention::DeviceRunOptions device_options;
 };
-
-// Bytes of VMEM the device schedule needs for these block sizes:
-// double-buffered Q [q x Hq x D f32], KV [kv tokens x 2Hkv x D storage],
-// new-K/V staging [q x 2Hkv x D f32], output [q x Hq x D f32], plus the
-// softmax state [q x Hq x (D + 2) f32].
-std::uint64_t VmemFootprint(std::uint32_t q_tokens_per_block,
-                            std::uint32_t kv_tokens_per_block,
-                            const attention::BatchShape& shape,
-                            memory::StorageType storage);
 
 class KernelSelector {
  public:
