@@ -47,10 +47,17 @@ KernelKind KernelFor(int range, const RangeShape& shape) {
 
 // The documented fallback rule (selector.h) for a device.
 void DeviceFallback(KernelKind kernel, const TuningKey& key,
-                    KernelChoice* choice) {
+                    std::uint32_t num_kv_heads, KernelChoice* choice) {
   const std::uint32_t page = key.page_size;
   if (kernel == KernelKind::kDecode) {
-    choice->q_tokens_per_block = 1;
+    // As many decode sequences as 512 KiB of f32 queries hold (the device
+    // default; the Q and output DMAs of a block each pay one issue latency).
+    const std::uint64_t query_bytes =
+        std::uint64_t{key.q_per_kv} * num_kv_heads * key.head_dim * 4;
+    choice->q_tokens_per_block =
+        static_cast<std::uint32_t>(std::max<std::uint64_t>(
+            1, (std::uint64_t{512} * 1024) /
+                   std::max<std::uint64_t>(query_bytes, 1)));
     choice->kv_tokens_per_block = std::max(page, 1024 / page * page);
     choice->compute_kv_tokens =
         std::min<std::uint32_t>(512, choice->kv_tokens_per_block);
@@ -189,12 +196,19 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
       choice.kv_tokens_per_block = entry->kv_tokens_per_block;
       choice.compute_kv_tokens = entry->compute_kv_tokens;
     } else if (device_.has_value()) {
-      DeviceFallback(choice.kernel, choice.key, &choice);
+      DeviceFallback(choice.kernel, choice.key, shape.num_kv_heads, &choice);
     }
     if (device_.has_value()) {
       choice.kv_tokens_per_block =
           std::max(page, choice.kv_tokens_per_block / page * page);
-      if (choice.q_tokens_per_block == 0) choice.q_tokens_per_block = 1;
+      // A Q block never holds more than the range has: decode blocks hold
+      // sequences, flash blocks query tokens of one sequence (8-row steps).
+      const std::uint32_t q_limit =
+          choice.kernel == KernelKind::kDecode
+              ? described.num_sequences
+              : RoundUp(std::max(described.max_q_len, 1U), 8);
+      choice.q_tokens_per_block =
+          std::clamp(choice.q_tokens_per_block, 1U, q_limit);
       if (choice.compute_kv_tokens == 0) {
         choice.compute_kv_tokens = choice.kv_tokens_per_block;
       }

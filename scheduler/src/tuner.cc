@@ -85,11 +85,13 @@ std::vector<Candidate> Candidates(KernelKind kernel, bool device, bool quick) {
               : std::vector<std::uint32_t>{256, 512, 1024, 2048};
     for (std::uint32_t k : kv) {
       if (device) {
-        for (std::uint32_t c : {128U, 512U}) {
-          const Candidate candidate{1, k, std::min(c, k)};
-          if (out.empty() || out.back().kv_tokens != k ||
-              out.back().compute_kv_tokens != candidate.compute_kv_tokens) {
-            out.push_back(candidate);
+        // Decode sequences per Q block (1: one sequence at a time; 32: the
+        // device default for Llama-3-8B's 16 KiB of f32 queries per token)
+        // x compute sub-tiles (a sub-tile never exceeds the block).
+        for (std::uint32_t q : {1U, 8U, 32U}) {
+          for (std::uint32_t c : {128U, 512U, 2048U}) {
+            if (c > k && c != 128U) continue;
+            out.push_back({q, k, std::min(c, k)});
           }
         }
       } else {
@@ -108,7 +110,13 @@ std::vector<Candidate> Candidates(KernelKind kernel, bool device, bool quick) {
                       : std::vector<std::uint32_t>{64, 128, 256});
   for (std::uint32_t q : qs) {
     for (std::uint32_t k : kvs) {
-      out.push_back({q, k, device ? std::min<std::uint32_t>(256, k) : 0});
+      if (!device) {
+        out.push_back({q, k, 0});
+        continue;
+      }
+      for (std::uint32_t c : {256U, 512U}) {
+        if (c <= k || c == 256U) out.push_back({q, k, std::min(c, k)});
+      }
     }
   }
   if (!device) out.push_back({0, 0, 0});  // the cache-sized defaults

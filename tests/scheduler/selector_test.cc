@@ -75,9 +75,11 @@ TEST(SelectorTest, DecodeOnlyBatchUsesTheDecodeKernelOnly) {
   EXPECT_EQ(s.ranges[0].key.q_per_kv, 4U);
   EXPECT_FALSE(s.ranges[1].used);
   EXPECT_FALSE(s.ranges[2].used);
-  // Fallback rule (empty table): decode q 1, kv 1024 tokens, sub-tile 512.
+  // Fallback rule (empty table): decode q = the sequences 512 KiB of f32
+  // queries hold (32 at Hq 32, D 128), at most the range's 3; kv 1024
+  // tokens, sub-tile 512.
   EXPECT_FALSE(s.ranges[0].from_table);
-  EXPECT_EQ(s.device_options.decode_blocks.q_tokens_per_block, 1U);
+  EXPECT_EQ(s.device_options.decode_blocks.q_tokens_per_block, 3U);
   EXPECT_EQ(s.device_options.decode_blocks.kv_pages_per_block, 64U);
   EXPECT_EQ(s.device_options.decode_blocks.compute_kv_tokens, 512U);
 }

@@ -14,11 +14,13 @@
 // tuning_table.h); otherwise the fallback rule, documented in
 // scheduler/README.md:
 //   host:   0 everywhere (attention/'s cache-sized defaults);
-//   device: decode  q 1, kv blocks of max(page, 1024 tokens / page rounded),
-//                   compute sub-tile 512 keys (or the block if smaller);
-//           prefill/mixed q min(256, longest q_len rounded up to 8), kv 512
-//                   tokens (page multiple), compute sub-tile 256 keys;
-// then, on a device, the range whose buffers are largest is shrunk (kv
+//   device: decode  q = the sequences 512 KiB of f32 queries hold, kv
+//                   blocks of max(page, 1024 tokens / page rounded), compute
+//                   sub-tile 512 keys (or the block if smaller);
+//           prefill/mixed q 256, kv 512 tokens (page multiple), compute
+//                   sub-tile 256 keys;
+// then, on a device, a Q block is capped at what the range holds (decode:
+// its sequences; flash: its longest q_len rounded up to 8), and the range whose buffers are largest is shrunk (kv
 // halved in page multiples, else q halved, else the compute sub-tile) until
 // the buffers all used ranges share fit the device's VMEM, measured with
 // attention::DeviceVmemBytes, the model RunOnDevice checks: a selection
