@@ -272,7 +272,15 @@ StatusOr<TuningTable> Tune(const TuneOptions& options) {
                        .time_us = best_s * 1e6});
   }
   if (executor) RPA_RETURN_IF_ERROR(executor->Shutdown());
+  // The command line that regenerates this table (non-default options only).
   std::string generated_by = "rpa tune --target " + options.target;
+  const TuneOptions defaults;
+  if (!device && options.host_threads != defaults.host_threads) {
+    generated_by += " --threads " + std::to_string(options.host_threads);
+  }
+  if (!device && options.repetitions != defaults.repetitions) {
+    generated_by += " --repetitions " + std::to_string(options.repetitions);
+  }
   if (options.quick) generated_by += " --quick";
   return TuningTable(target_name, std::move(entries), std::move(generated_by));
 }

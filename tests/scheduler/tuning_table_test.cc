@@ -164,6 +164,25 @@ TEST(TuningTableTest, ShippedTablesParseAndNameTheirTarget) {
   for (const char* target : {"host", "v5e", "v6e", "tpu7x"}) {
     TuningTable table = TuningTable::Shipped(target);  // RPA_CHECKs validity
     EXPECT_EQ(table.target(), target);
+    // Each shipped table is the unedited output of a full `rpa tune`.
+    EXPECT_FALSE(table.entries().empty()) << target;
+    EXPECT_EQ(table.generated_by().rfind(
+                  std::string("rpa tune --target ") + target, 0),
+              0U)
+        << table.generated_by();
+    EXPECT_EQ(table.generated_by().find("--quick"), std::string::npos);
+    for (const attention::KernelKind kernel :
+         {attention::KernelKind::kDecode, attention::KernelKind::kPrefill,
+          attention::KernelKind::kMixed}) {
+      const TuningKey key{.storage = memory::StorageType::kBf16,
+                          .head_dim = 128,
+                          .q_per_kv = 4,
+                          .page_size = 16,
+                          .max_q_len = 1,
+                          .max_kv_len = 1024};
+      EXPECT_NE(table.Find(kernel, key), nullptr)
+          << target << " " << attention::KernelKindName(kernel);
+    }
   }
   EXPECT_TRUE(TuningTable::Shipped("no-such-target").entries().empty());
 }
