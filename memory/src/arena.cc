@@ -134,6 +134,13 @@ class ArenaPool {
     // Committing on demand instead (commit = false) would mprotect later, and
     // mimalloc 2.0.9 ignores a failed on-demand commit (strict overcommit),
     // then writes a segment header into inaccessible memory.
+    // mimalloc 2.0.9 randomises the address hint of its first aligned OS
+    // allocation with the calling thread's default heap; on a thread mimalloc
+    // has not initialised (not the process allocator here, so nothing did)
+    // that heap is the read-only empty heap, and the random generator's
+    // write into it faults. Initialising the thread first (idempotent) makes
+    // the default heap a real one.
+    mi.thread_init();
     const int error = mi.reserve_os_memory_ex(bytes, /*commit=*/true,
                                               /*allow_large=*/huge_pages,
                                               /*exclusive=*/true, &id);

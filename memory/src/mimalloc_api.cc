@@ -20,6 +20,7 @@ namespace {
 StatusOr<const MimallocApi*> Load() {
   static const MimallocApi api = {
       .version = &mi_version,
+      .thread_init = &mi_thread_init,
       .reserve_os_memory_ex = &mi_reserve_os_memory_ex,
       .arena_area = &mi_arena_area,
       .heap_new_in_arena = &mi_heap_new_in_arena,
@@ -67,6 +68,7 @@ StatusOr<const MimallocApi*> Load() {
   std::string error;
   const bool ok =
       Resolve(handle, "mi_version", &api.version, &error) &&
+      Resolve(handle, "mi_thread_init", &api.thread_init, &error) &&
       Resolve(handle, "mi_reserve_os_memory_ex", &api.reserve_os_memory_ex,
               &error) &&
       Resolve(handle, "mi_arena_area", &api.arena_area, &error) &&

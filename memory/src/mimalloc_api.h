@@ -23,6 +23,7 @@ namespace rpa::memory::internal {
 
 struct MimallocApi {
   decltype(&mi_version) version = nullptr;
+  decltype(&mi_thread_init) thread_init = nullptr;
   decltype(&mi_reserve_os_memory_ex) reserve_os_memory_ex = nullptr;
   decltype(&mi_arena_area) arena_area = nullptr;
   decltype(&mi_heap_new_in_arena) heap_new_in_arena = nullptr;
