@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory_resource>
 #include <new>
@@ -338,6 +339,26 @@ TEST(ArenaTest, ArenasOfGrowingSizeRecycle) {
       arena->base()[arena->region_bytes() - 1] = std::byte{1};
     }
   }
+}
+
+// mimalloc 2.0.9 randomises the address hint of its first aligned OS
+// allocation with the calling thread's default heap, which on a thread
+// mimalloc never initialised is its read-only empty heap: the random
+// generator's write faults. Arena::Create initialises the thread first. The
+// death test re-executes the binary, so the process is fresh: mimalloc is
+// loaded on the main thread and the first arena reserved on a new thread.
+TEST(ArenaTest, FirstReservationOfAProcessFromAThreadMimallocNeverSaw) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        (void)Arena::MimallocIsProcessAllocator();  // loads mimalloc here
+        bool created = false;
+        std::thread([&created] {
+          created = Arena::Create({.unit_bytes = 4096, .num_units = 64}).ok();
+        }).join();
+        std::_Exit(created ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 TEST(ArenaTest, CreateAndDestroyFromSeveralThreads) {
