@@ -99,4 +99,21 @@ StatusOr<const MimallocApi*> Mimalloc() {
   return api;
 }
 
+namespace {
+
+// Loads libmimalloc during static initialization, before main and so
+// normally before the process has other threads. Loading it later, from one
+// thread while others are being created, left a new thread's copy of
+// mimalloc's thread-local default heap zero instead of mimalloc's empty heap
+// (observed in a core dump: mi_heap_get_default() returned NULL right after
+// mi_thread_init(), and mi_heap_new_in_arena faulted on it; about once in a
+// thousand runs of ArenaTest.CreateAndDestroyFromSeveralThreads). A thread
+// created while a dlopen sets up a library's static TLS can miss that set-up
+// (glibc); loading at start-up leaves no such window for the threads a
+// service creates afterwards. A load failure is remembered and reported by
+// Arena::Create, as before.
+[[maybe_unused]] const bool kMimallocLoadedAtStartup = Mimalloc().ok();
+
+}  // namespace
+
 }  // namespace rpa::memory::internal
