@@ -20,11 +20,12 @@
 //           prefill/mixed q 256, kv 512 tokens (page multiple), compute
 //                   sub-tile 256 keys;
 // then, on a device, a Q block is capped at what the range holds (decode:
-// its sequences; flash: its longest q_len rounded up to 8), and the range whose buffers are largest is shrunk (kv
-// halved in page multiples, else q halved, else the compute sub-tile) until
-// the buffers all used ranges share fit the device's VMEM, measured with
-// attention::DeviceVmemBytes, the model RunOnDevice checks: a selection
-// never exceeds VMEM unless even one page, one token and one key do not fit.
+// its sequences; flash: its longest q_len rounded up to 8), and the range whose
+// buffers are largest is shrunk (kv halved in page multiples, else q halved,
+// else the compute sub-tile) until the buffers all used ranges share fit the
+// device's VMEM, measured with attention::DeviceVmemBytes, the model
+// RunOnDevice checks: a selection never exceeds VMEM unless even one page, one
+// token and one key do not fit.
 //
 // Thread-safety: immutable after Create; Select from any number of threads.
 // Memory ordering: none.
