@@ -25,17 +25,23 @@ std::string_view StatusCodeName(StatusCode code) {
   return "UNKNOWN";
 }
 
-Status::Status(StatusCode code, std::string message)
-    : code_(code), message_(std::move(message)) {
+Status::Status(StatusCode code, std::string message) {
   // An OK status carries no message: it would be lost by operator== users.
-  if (code_ == StatusCode::kOk) message_.clear();
+  if (code != StatusCode::kOk) {
+    error_ = std::make_unique<Error>(Error{code, std::move(message)});
+  }
+}
+
+const std::string& Status::message() const {
+  static const std::string* const kEmpty = new std::string();
+  return error_ != nullptr ? error_->message : *kEmpty;
 }
 
 std::string Status::ToString() const {
   if (ok()) return "OK";
-  std::string text(StatusCodeName(code_));
+  std::string text(StatusCodeName(error_->code));
   text += ": ";
-  text += message_;
+  text += error_->message;
   return text;
 }
 

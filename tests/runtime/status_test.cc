@@ -35,6 +35,26 @@ TEST(StatusTest, OkStatusDropsMessage) {
   EXPECT_EQ(status, OkStatus());
 }
 
+TEST(StatusTest, CopiesAreIndependentAndMovedFromIsOk) {
+  Status error = NotFoundError("sequence 7");
+  Status copy = error;
+  EXPECT_EQ(copy, error);
+  Status assigned;
+  assigned = error;
+  EXPECT_EQ(assigned.ToString(), "NOT_FOUND: sequence 7");
+  const Status& same = assigned;
+  assigned = same;  // self-assignment keeps the error
+  EXPECT_EQ(assigned.message(), "sequence 7");
+
+  Status moved = std::move(error);
+  EXPECT_EQ(moved.message(), "sequence 7");
+  EXPECT_TRUE(error.ok());  // NOLINT(bugprone-use-after-move): documented
+  EXPECT_TRUE(error.message().empty());
+  copy = OkStatus();
+  EXPECT_TRUE(copy.ok());
+  EXPECT_EQ(moved.code(), StatusCode::kNotFound);  // copy had its own error
+}
+
 StatusOr<int> Half(int x) {
   if (x % 2 != 0)
     return InvalidArgumentError("x must be even, got " + std::to_string(x));

@@ -16,6 +16,7 @@
 //   Use(*port);
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -43,10 +44,24 @@ class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
   Status(StatusCode code, std::string message);
+  Status(const Status& other)
+      : error_(other.error_ != nullptr ? std::make_unique<Error>(*other.error_)
+                                       : nullptr) {}
+  Status& operator=(const Status& other) {
+    if (this != &other) *this = Status(other);
+    return *this;
+  }
+  // A moved-from Status is OK.
+  Status(Status&&) noexcept = default;
+  Status& operator=(Status&&) noexcept = default;
+  ~Status() = default;
 
-  bool ok() const { return code_ == StatusCode::kOk; }
-  StatusCode code() const { return code_; }
-  const std::string& message() const { return message_; }
+  bool ok() const { return error_ == nullptr; }
+  StatusCode code() const {
+    return error_ != nullptr ? error_->code : StatusCode::kOk;
+  }
+  // Empty for OK.
+  const std::string& message() const;
 
   // "INVALID_ARGUMENT: page_size_tokens must be positive, got 0", or "OK".
   std::string ToString() const;
@@ -55,13 +70,22 @@ class [[nodiscard]] Status {
   void IgnoreError() const {}
 
   friend bool operator==(const Status& a, const Status& b) {
-    return a.code_ == b.code_ && a.message_ == b.message_;
+    return a.code() == b.code() && a.message() == b.message();
   }
 
  private:
-  StatusCode code_ = StatusCode::kOk;
-  std::string message_;
+  struct Error {
+    StatusCode code;
+    std::string message;
+  };
+  // One pointer, null for OK: an OK status (the common case, carried by every
+  // finished task) is built, moved and destroyed without touching memory
+  // beyond it; an error owns its code and message on the heap.
+  std::unique_ptr<Error> error_;
 };
+
+static_assert(sizeof(Status) == sizeof(void*),
+              "an OK Status is one null pointer");
 
 std::ostream& operator<<(std::ostream& os, const Status& status);
 
