@@ -55,9 +55,6 @@ std::array<RangeShape, kNumRanges> ShapeRanges(const ValidatedBatch& batch) {
 DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
                                const ValidatedBatch& batch,
                                const device::DeviceSpec& spec) {
-  const std::uint64_t q_token_bytes =
-      static_cast<std::uint64_t>(batch.shape.num_q_heads) *
-      batch.shape.head_dim * kFloatBytes;
   const std::uint64_t page_bytes =
       static_cast<std::uint64_t>(batch.cache.page_size_tokens) *
       batch.cache.num_combined_heads * batch.cache.head_dim *
@@ -65,9 +62,10 @@ DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
   const std::uint32_t ps = batch.cache.page_size_tokens;
   DeviceBlockSizes blocks;
   if (kernel == KernelKind::kDecode) {
-    blocks.q_tokens_per_block = std::clamp<std::uint32_t>(
-        static_cast<std::uint32_t>(kDecodeQBlockBytes / q_token_bytes), 1,
-        std::max(1U, range.num_sequences));
+    blocks.q_tokens_per_block =
+        std::min(DefaultDecodeQTokensPerBlock(batch.shape.num_q_heads,
+                                              batch.shape.head_dim),
+                 std::max(1U, range.num_sequences));
     const double delay_bytes = kDecodeDelayMargin * spec.hbm_bytes_per_s *
                                spec.dma_issue_latency_ns * 1e-9;
     const auto wanted_pages = static_cast<std::uint32_t>(std::max(
@@ -195,6 +193,25 @@ std::uint64_t DeviceVmemBytes(const BatchShape& shape,
         layout, internal::RangeLayout(shape, storage, page_size_tokens, range));
   }
   return layout.total_bytes();
+}
+
+std::uint32_t DefaultDecodeQTokensPerBlock(std::uint32_t num_q_heads,
+                                           std::uint32_t head_dim) {
+  const std::uint64_t q_token_bytes =
+      std::max<std::uint64_t>(1, std::uint64_t{num_q_heads} * head_dim) *
+      internal::kFloatBytes;
+  return static_cast<std::uint32_t>(
+      std::max<std::uint64_t>(1, internal::kDecodeQBlockBytes / q_token_bytes));
+}
+
+DeviceBlockSizes DeviceBlocksFromTokens(std::uint32_t q_tokens,
+                                        std::uint32_t kv_tokens,
+                                        std::uint32_t compute_kv_tokens,
+                                        std::uint32_t page_size_tokens) {
+  return {.q_tokens_per_block = q_tokens,
+          .kv_pages_per_block =
+              std::max(1U, kv_tokens / std::max(1U, page_size_tokens)),
+          .compute_kv_tokens = compute_kv_tokens};
 }
 
 }  // namespace rpa::attention

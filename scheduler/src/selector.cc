@@ -50,14 +50,10 @@ void DeviceFallback(KernelKind kernel, const TuningKey& key,
                     std::uint32_t num_kv_heads, KernelChoice* choice) {
   const std::uint32_t page = key.page_size;
   if (kernel == KernelKind::kDecode) {
-    // As many decode sequences as 512 KiB of f32 queries hold (the device
-    // default; the Q and output DMAs of a block each pay one issue latency).
-    const std::uint64_t query_bytes =
-        std::uint64_t{key.q_per_kv} * num_kv_heads * key.head_dim * 4;
-    choice->q_tokens_per_block =
-        static_cast<std::uint32_t>(std::max<std::uint64_t>(
-            1, (std::uint64_t{512} * 1024) /
-                   std::max<std::uint64_t>(query_bytes, 1)));
+    // The device default's rule (the Q and output DMAs of a block each pay
+    // one issue latency).
+    choice->q_tokens_per_block = attention::DefaultDecodeQTokensPerBlock(
+        key.q_per_kv * num_kv_heads, key.head_dim);
     choice->kv_tokens_per_block = std::max(page, 1024 / page * page);
     choice->compute_kv_tokens =
         std::min<std::uint32_t>(512, choice->kv_tokens_per_block);
@@ -72,9 +68,9 @@ void DeviceFallback(KernelKind kernel, const TuningKey& key,
 
 attention::DeviceBlockSizes ToDeviceBlocks(const KernelChoice& choice,
                                            std::uint32_t page) {
-  return {.q_tokens_per_block = choice.q_tokens_per_block,
-          .kv_pages_per_block = std::max(1U, choice.kv_tokens_per_block / page),
-          .compute_kv_tokens = choice.compute_kv_tokens};
+  return attention::DeviceBlocksFromTokens(choice.q_tokens_per_block,
+                                           choice.kv_tokens_per_block,
+                                           choice.compute_kv_tokens, page);
 }
 
 attention::DeviceRangeDemand Demand(const KernelChoice& choice,
@@ -101,36 +97,50 @@ bool Shrink(std::uint32_t page, KernelChoice* choice) {
   return true;
 }
 
-// Shrinks the range whose own buffers are largest, one step at a time, until
-// the buffers the used ranges share (attention::DeviceVmemBytes, the model
-// RunOnDevice checks) fit; if nothing can shrink, RunOnDevice reports the
-// shortfall.
+// Shrinks the range whose own buffers are largest (or, once it is at its
+// minimum, the next largest), one step at a time, until the buffers the used
+// ranges share (attention::DeviceVmemBytes, the model RunOnDevice checks)
+// fit; if nothing can shrink, RunOnDevice reports the shortfall.
 void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
              std::uint32_t page, std::uint64_t vmem_bytes,
              std::array<KernelChoice, 3>* ranges) {
   for (;;) {
     std::array<attention::DeviceRangeDemand, 3> demands{};
+    // The used ranges and the VMEM each needs alone.
+    std::array<std::pair<std::uint64_t, KernelChoice*>, 3> by_need{};
     std::size_t num_used = 0;
-    KernelChoice* largest = nullptr;
-    std::uint64_t largest_bytes = 0;
     for (KernelChoice& choice : *ranges) {
       if (!choice.used) continue;
       choice.compute_kv_tokens =
           std::min(choice.compute_kv_tokens, choice.kv_tokens_per_block);
-      demands[num_used++] = Demand(choice, page);
-      const std::uint64_t own = attention::DeviceVmemBytes(
-          shape, storage, page, std::span(&demands[num_used - 1], 1));
-      if (largest == nullptr || own > largest_bytes) {
-        largest = &choice;
-        largest_bytes = own;
-      }
+      demands[num_used] = Demand(choice, page);
+      by_need[num_used] = {
+          attention::DeviceVmemBytes(shape, storage, page,
+                                     std::span(&demands[num_used], 1)),
+          &choice};
+      ++num_used;
     }
     if (attention::DeviceVmemBytes(shape, storage, page,
                                    std::span(demands.data(), num_used)) <=
         vmem_bytes) {
       return;
     }
-    if (largest == nullptr || !Shrink(page, largest)) return;
+    // The neediest range that can still shrink does (a range already at its
+    // minimum leaves it to the next one).
+    std::array<bool, 3> tried{};
+    bool shrunk = false;
+    for (std::size_t attempt = 0; attempt < num_used && !shrunk; ++attempt) {
+      std::size_t pick = num_used;
+      for (std::size_t i = 0; i < num_used; ++i) {
+        if (!tried[i] &&
+            (pick == num_used || by_need[i].first > by_need[pick].first)) {
+          pick = i;
+        }
+      }
+      tried[pick] = true;
+      shrunk = Shrink(page, by_need[pick].second);
+    }
+    if (!shrunk) return;  // every range is at its minimum
   }
 }
 

@@ -147,9 +147,8 @@ StatusOr<std::unique_ptr<AttentionWorkload>> MakeWorkload(
 
 attention::DeviceBlockSizes DeviceBlocks(const TuneShape& shape,
                                          const Candidate& c) {
-  return {.q_tokens_per_block = c.q_tokens,
-          .kv_pages_per_block = std::max(1U, c.kv_tokens / shape.page_size),
-          .compute_kv_tokens = c.compute_kv_tokens};
+  return attention::DeviceBlocksFromTokens(
+      c.q_tokens, c.kv_tokens, c.compute_kv_tokens, shape.page_size);
 }
 
 // Whether the candidate's buffers fit the device's VMEM, by the model

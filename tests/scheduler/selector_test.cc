@@ -197,6 +197,29 @@ TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
   }
 }
 
+// Every range that can still shrink is shrunk before the selector gives up:
+// a prefill range whose chunk alone needs more VMEM than the decode range
+// must not stop the decode range from shrinking when it is at its minimum.
+TEST(SelectorTest, ShrinksEveryRangeBeforeGivingUp) {
+  Batch batch({{1, 8192}, {1, 6000}, {512, 1024}}, {2, 3, 3});
+  for (std::uint64_t vmem = std::uint64_t{16} << 20; vmem >= 64 * 1024;
+       vmem /= 2) {
+    const std::string path = WriteTinyDevice(vmem);
+    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    ASSERT_TRUE(selector.ok()) << selector.status().ToString();
+    Selection s = selector->Select(batch.metadata, batch.cache);
+    if (SharedVmemBytes(s, batch) <= vmem) continue;
+    for (const KernelChoice& c : s.ranges) {
+      if (!c.used) continue;
+      SCOPED_TRACE(::testing::Message() << "vmem " << vmem << " kernel "
+                                        << static_cast<int>(c.kernel));
+      EXPECT_EQ(c.kv_tokens_per_block, 16U);
+      EXPECT_EQ(c.q_tokens_per_block, 1U);
+      EXPECT_EQ(c.compute_kv_tokens, 1U);
+    }
+  }
+}
+
 // The selection must be accepted by RunOnDevice itself: a decode range with
 // long sequences and a prefill range with a long chunk want different buffers
 // at their largest, and the ranges share them.

@@ -101,6 +101,19 @@ struct DeviceBlockSizes {
   std::uint32_t compute_kv_tokens = 0;   // keys per compute sub-tile
 };
 
+// The decode default's query tokens per Q block before the cap at the
+// range's sequences: as many as 512 KiB of f32 queries (num_q_heads x
+// head_dim each) hold, at least 1. The scheduler's fallback rule uses it too.
+std::uint32_t DefaultDecodeQTokensPerBlock(std::uint32_t num_q_heads,
+                                           std::uint32_t head_dim);
+
+// Block sizes counted in tokens (as tuning tables and the selector count
+// them) as device blocks: the KV block becomes whole pages, at least one.
+DeviceBlockSizes DeviceBlocksFromTokens(std::uint32_t q_tokens,
+                                        std::uint32_t kv_tokens,
+                                        std::uint32_t compute_kv_tokens,
+                                        std::uint32_t page_size_tokens);
+
 // What one used range of a batch asks of VMEM (DeviceVmemBytes).
 struct DeviceRangeDemand {
   KernelKind kernel = KernelKind::kDecode;
