@@ -20,6 +20,7 @@ namespace rpa::scheduler {
 namespace {
 
 constexpr std::size_t kAlignmentBytes = 64;
+constexpr std::size_t kPageBytes = 4096;  // the alignment from this size up
 
 std::string OsError(int error) {
   return std::generic_category().message(error);
@@ -69,11 +70,12 @@ StatusOr<NpyArray> NpyArray::Create(NpyDtype dtype,
   array.shape_ = std::move(shape);
   array.num_elements_ = static_cast<std::size_t>(*bytes / NpyDtypeBytes(dtype));
   // Rounded up to the alignment as aligned_alloc requires; at least one line.
+  const std::size_t alignment =
+      *bytes >= kPageBytes ? kPageBytes : kAlignmentBytes;
   std::size_t alloc_bytes =
-      (static_cast<std::size_t>(*bytes) + kAlignmentBytes) / kAlignmentBytes *
-      kAlignmentBytes;
+      (static_cast<std::size_t>(*bytes) + alignment) / alignment * alignment;
   auto* raw =
-      static_cast<std::byte*>(std::aligned_alloc(kAlignmentBytes, alloc_bytes));
+      static_cast<std::byte*>(std::aligned_alloc(alignment, alloc_bytes));
   if (raw == nullptr) {
     return ResourceExhaustedError("npy array of " + std::to_string(*bytes) +
                                   " bytes: out of memory");

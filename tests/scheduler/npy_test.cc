@@ -57,6 +57,16 @@ Status ParseError(const std::vector<std::byte>& file) {
   return parsed.ok() ? OkStatus() : parsed.status();
 }
 
+TEST(NpyArrayTest, LargeArraysArePageAligned) {
+  auto small = NpyArray::Create(NpyDtype::kF32, {15});
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(small->data()) % 64, 0U);
+  // A cache of 2 pages x 16 tokens x 16 heads x 128 dims f16: 4 KiB rows.
+  auto cache = NpyArray::Create(NpyDtype::kF16, {2, 16, 16, 128});
+  ASSERT_TRUE(cache.ok());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(cache->data()) % 4096, 0U);
+}
+
 TEST(NpyTest, RoundTripEveryDtypeAndRank) {
   const std::vector<std::vector<std::uint64_t>> shapes = {
       {}, {0}, {3}, {2, 3, 4}, {1, 2, 1, 5}};
