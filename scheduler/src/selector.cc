@@ -97,6 +97,22 @@ bool Shrink(std::uint32_t page, KernelChoice* choice) {
   return true;
 }
 
+// RunOnDevice takes one set of blocks per kernel kind, so a mixed range that
+// runs the decode kernel (all its q_lens 1) runs with range 0's decode
+// blocks: the two choices are made equal, to the smaller of each field (a
+// range shrunk to fit VMEM keeps fitting).
+void ShareDecodeBlocks(std::array<KernelChoice, 3>* ranges) {
+  KernelChoice& decode = (*ranges)[0];
+  KernelChoice& mixed = (*ranges)[2];
+  if (!decode.used || !mixed.used || mixed.kernel != decode.kernel) return;
+  decode.q_tokens_per_block = mixed.q_tokens_per_block =
+      std::min(decode.q_tokens_per_block, mixed.q_tokens_per_block);
+  decode.kv_tokens_per_block = mixed.kv_tokens_per_block =
+      std::min(decode.kv_tokens_per_block, mixed.kv_tokens_per_block);
+  decode.compute_kv_tokens = mixed.compute_kv_tokens =
+      std::min(decode.compute_kv_tokens, mixed.compute_kv_tokens);
+}
+
 // Shrinks the range whose own buffers are largest (or, once it is at its
 // minimum, the next largest), one step at a time, until the buffers the used
 // ranges share (attention::DeviceVmemBytes, the model RunOnDevice checks)
@@ -141,6 +157,7 @@ void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
       shrunk = Shrink(page, by_need[pick].second);
     }
     if (!shrunk) return;  // every range is at its minimum
+    ShareDecodeBlocks(ranges);
   }
 }
 
@@ -226,6 +243,16 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
   }
   // On a device the ranges share VMEM buffers: fit them together.
   if (device_.has_value()) {
+    KernelChoice& mixed = selection.ranges[2];
+    const KernelChoice& decode = selection.ranges[0];
+    if (decode.used && mixed.used && mixed.kernel == decode.kernel) {
+      // Range 0's blocks (the decode range proper) for both; see
+      // ShareDecodeBlocks.
+      mixed.from_table = decode.from_table;
+      mixed.q_tokens_per_block = decode.q_tokens_per_block;
+      mixed.kv_tokens_per_block = decode.kv_tokens_per_block;
+      mixed.compute_kv_tokens = decode.compute_kv_tokens;
+    }
     FitVmem(shape, cache.storage, page, device_->vmem_bytes, &selection.ranges);
   }
   for (int range = 0; range < 3; ++range) {

@@ -182,6 +182,34 @@ std::uint64_t SharedVmemBytes(const Selection& s, const Batch& batch) {
                                     batch.cache.page_size_tokens, demands);
 }
 
+// RunOnDevice takes one set of decode blocks: when range 0 and a mixed range
+// of q_len-1 sequences both run the decode kernel, the selection says so
+// (both report range 0's blocks, which are what runs), also after shrinking
+// to fit VMEM.
+TEST(SelectorTest, DecodeRangeAndDecodeKernelMixedRangeShareBlocks) {
+  // Range 0 holds 4 sequences, range 2 two: their own Q blocks differ.
+  Batch batch({{1, 300}, {1, 4000}, {1, 700}, {1, 90}, {1, 30}, {1, 20}},
+              {4, 4, 6});
+  for (const std::uint64_t vmem :
+       {std::uint64_t{64} << 20, std::uint64_t{256} << 10}) {
+    const std::string path = WriteTinyDevice(vmem);
+    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    ASSERT_TRUE(selector.ok()) << selector.status().ToString();
+    Selection s = selector->Select(batch.metadata, batch.cache);
+    const KernelChoice& decode = s.ranges[0];
+    const KernelChoice& mixed = s.ranges[2];
+    ASSERT_EQ(mixed.kernel, KernelKind::kDecode);
+    EXPECT_EQ(mixed.q_tokens_per_block, decode.q_tokens_per_block) << vmem;
+    EXPECT_EQ(mixed.kv_tokens_per_block, decode.kv_tokens_per_block) << vmem;
+    EXPECT_EQ(mixed.compute_kv_tokens, decode.compute_kv_tokens) << vmem;
+    EXPECT_EQ(s.device_options.decode_blocks.q_tokens_per_block,
+              decode.q_tokens_per_block);
+    EXPECT_EQ(s.device_options.decode_blocks.kv_pages_per_block,
+              decode.kv_tokens_per_block / 16);
+    EXPECT_LE(SharedVmemBytes(s, batch), vmem);
+  }
+}
+
 TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
   const std::string path = WriteTinyDevice(1048576);
   auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));

@@ -25,7 +25,9 @@
 // else the compute sub-tile) until the buffers all used ranges share fit the
 // device's VMEM, measured with attention::DeviceVmemBytes, the model
 // RunOnDevice checks: a selection never exceeds VMEM unless even one page, one
-// token and one key do not fit.
+// token and one key do not fit. RunOnDevice takes one set of blocks per kernel,
+// so on a device a mixed range that runs the decode kernel gets range 0's
+// decode blocks (both ranges report the same, shrunk together).
 //
 // Thread-safety: immutable after Create; Select from any number of threads.
 // Memory ordering: none.
