@@ -2,11 +2,13 @@
 // tokens, KV and outputs as on the host, plus simulated time, MBU and MFU.
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <vector>
 
 #include "scheduler/engine_test_util.h"
@@ -56,7 +58,8 @@ TEST(EngineDeviceTest, SimulatedTargetMatchesTheHost) {
 
 TEST(EngineDeviceTest, TargetFromADeviceJsonFile) {
   const std::filesystem::path path =
-      std::filesystem::temp_directory_path() / "rpa_engine_device_test.json";
+      std::filesystem::temp_directory_path() /
+      ("rpa_engine_device_test_" + std::to_string(::getpid()) + ".json");
   {
     std::ofstream file(path);
     file << R"({"base": "v5e", "num_dma_engines": 2})";

@@ -1,6 +1,7 @@
 #include "rpa/scheduler/selector.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -157,7 +158,11 @@ std::string WriteTinyDevice(std::uint64_t vmem_bytes) {
       R"({"base": "tpu7x", "name": "tiny", "vmem_bytes": )" +
       std::to_string(vmem_bytes) + "}");
   EXPECT_TRUE(spec.ok()) << spec.status().ToString();
-  const std::string path = ::testing::TempDir() + "/tiny_device.json";
+  // One file per process and size: ctest runs the tests of this binary as
+  // concurrent processes, which would otherwise overwrite each other's file.
+  const std::string path = ::testing::TempDir() + "/tiny_device_" +
+                           std::to_string(::getpid()) + "_" +
+                           std::to_string(vmem_bytes) + ".json";
   FILE* f = std::fopen(path.c_str(), "w");
   EXPECT_NE(f, nullptr);
   const std::string json = device::DeviceSpecToJson(*spec);
