@@ -99,18 +99,23 @@ bool Shrink(std::uint32_t page, KernelChoice* choice) {
 
 // RunOnDevice takes one set of blocks per kernel kind, so a mixed range that
 // runs the decode kernel (all its q_lens 1) runs with range 0's decode
-// blocks: the two choices are made equal, to the smaller of each field (a
-// range shrunk to fit VMEM keeps fitting).
-void ShareDecodeBlocks(std::array<KernelChoice, 3>* ranges) {
+// blocks. The range that shares `choice`'s blocks that way, or null.
+KernelChoice* SharesBlocksWith(std::array<KernelChoice, 3>* ranges,
+                               const KernelChoice* choice) {
   KernelChoice& decode = (*ranges)[0];
   KernelChoice& mixed = (*ranges)[2];
-  if (!decode.used || !mixed.used || mixed.kernel != decode.kernel) return;
-  decode.q_tokens_per_block = mixed.q_tokens_per_block =
-      std::min(decode.q_tokens_per_block, mixed.q_tokens_per_block);
-  decode.kv_tokens_per_block = mixed.kv_tokens_per_block =
-      std::min(decode.kv_tokens_per_block, mixed.kv_tokens_per_block);
-  decode.compute_kv_tokens = mixed.compute_kv_tokens =
-      std::min(decode.compute_kv_tokens, mixed.compute_kv_tokens);
+  if (!decode.used || !mixed.used || mixed.kernel != decode.kernel) {
+    return nullptr;
+  }
+  if (choice == &decode) return &mixed;
+  if (choice == &mixed) return &decode;
+  return nullptr;
+}
+
+void CopyBlocks(const KernelChoice& from, KernelChoice* to) {
+  to->q_tokens_per_block = from.q_tokens_per_block;
+  to->kv_tokens_per_block = from.kv_tokens_per_block;
+  to->compute_kv_tokens = from.compute_kv_tokens;
 }
 
 // Shrinks the range whose own buffers are largest (or, once it is at its
@@ -154,10 +159,14 @@ void FitVmem(const attention::BatchShape& shape, memory::StorageType storage,
         }
       }
       tried[pick] = true;
-      shrunk = Shrink(page, by_need[pick].second);
+      KernelChoice* choice = by_need[pick].second;
+      shrunk = Shrink(page, choice);
+      if (KernelChoice* twin = SharesBlocksWith(ranges, choice);
+          shrunk && twin != nullptr) {
+        CopyBlocks(*choice, twin);
+      }
     }
     if (!shrunk) return;  // every range is at its minimum
-    ShareDecodeBlocks(ranges);
   }
 }
 
@@ -243,15 +252,12 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
   }
   // On a device the ranges share VMEM buffers: fit them together.
   if (device_.has_value()) {
-    KernelChoice& mixed = selection.ranges[2];
+    // Range 0's blocks (the decode range proper) for a range sharing them;
+    // FitVmem shrinks the two together.
     const KernelChoice& decode = selection.ranges[0];
-    if (decode.used && mixed.used && mixed.kernel == decode.kernel) {
-      // Range 0's blocks (the decode range proper) for both; see
-      // ShareDecodeBlocks.
-      mixed.from_table = decode.from_table;
-      mixed.q_tokens_per_block = decode.q_tokens_per_block;
-      mixed.kv_tokens_per_block = decode.kv_tokens_per_block;
-      mixed.compute_kv_tokens = decode.compute_kv_tokens;
+    if (KernelChoice* twin = SharesBlocksWith(&selection.ranges, &decode)) {
+      CopyBlocks(decode, twin);
+      twin->from_table = decode.from_table;
     }
     FitVmem(shape, cache.storage, page, device_->vmem_bytes, &selection.ranges);
   }
