@@ -16,13 +16,17 @@
 // kUnitTokens keys (see kUnitTokens for why small); for each unit and each
 // chunk of 4 (then 2, 1) query heads:
 //   1. scores: each K row is loaded once per chunk and FMAed against the
-//      chunk's q rows; 8 accumulators (heads x tokens) are reduced together
-//      with one hadd tree into one vector (lane = head * tokens + token);
+//      chunk's q rows; 8 accumulators (heads x tokens; 12 for four heads
+//      over a full unit) are reduced together with one hadd tree into one
+//      vector (lane = head * tokens + token);
 //   2. scale, soft cap, mask and the online softmax on those vectors: the
 //      running max / sum live in the same lane layout, so the whole update
 //      is a few vector ops and one vector exp per 8 (token, head) pairs;
+//      the weights are stored token-major;
 //   3. the V rows accumulated into the chunk's D-column accumulators, which
 //      stay in registers across the unit's tokens (16 columns x 4 heads).
+// While a block of keys is processed, the first line of each row of the
+// next block is prefetched (PrefetchRowStarts).
 // Positions outside [max(visible.begin, kv_begin), min(visible.end, kv_end))
 // are never read: slots past kv_len may hold NaN, and
 // unused page-table entries may point anywhere.
@@ -196,9 +200,9 @@ void RunDecodeItemGeneric(const KernelArgs& args, const WorkItem& item) {
 // Hkv 8, D 128, f16, and the hardware prefetchers keep up with 8 such
 // interleaved streams but not with 16 or 32 (measured, 32 x 2048 keys,
 // shuffled pages, 1 thread: 8 -> 8.5 / 13.8 GB/s f16 / f32, 16 -> 7.4 /
-// 10.5, 32 -> 5.7 / 9.0). Software prefetching of later units (1 to 8 units
-// ahead, T0 / T2 / NTA, in bursts or spread one line per accumulation step)
-// never helped and costs compute, so there is none.
+// 10.5, 32 -> 5.7 / 9.0). Software prefetching of whole later units (1 to
+// 12 units ahead, T0 / T1 / NTA, in bursts or spread one line per
+// accumulation step) never helped; see PrefetchRowStarts for what does.
 constexpr std::int32_t kUnitTokens = 8;
 
 // Eight stored elements at `p` as f32.
@@ -244,6 +248,68 @@ inline __m256 GroupMax(__m256 v) {
   return v;
 }
 
+// Sums each of four vectors: lane i of the result = sum of a[i]'s lanes.
+inline __m128 ReduceFour(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]);
+  const __m256 t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 u = _mm256_hadd_ps(t0, t1);
+  return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+// dots[t * 4 + h] = lane-wise partial dot products of q row h (rows `dim`
+// apart) with the K row of token t, over the whole head dim.
+template <StorageType kType, std::size_t kTokens>
+inline void FourHeadDots(const float* q, std::uint32_t dim,
+                         const std::byte* const* rows, __m256* dots) {
+  constexpr std::size_t kElementBytes = memory::StorageBytes(kType);
+  for (std::size_t i = 0; i < 4 * kTokens; ++i) dots[i] = _mm256_setzero_ps();
+  for (std::uint32_t c = 0; c < dim; c += 8) {
+    __m256 k[kTokens];
+    for (std::size_t t = 0; t < kTokens; ++t) {
+      k[t] = Load8<kType>(rows[t] + c * kElementBytes);
+    }
+    for (std::size_t h = 0; h < 4; ++h) {
+      const __m256 q_chunk = _mm256_loadu_ps(q + h * dim + c);
+      for (std::size_t t = 0; t < kTokens; ++t) {
+        dots[t * 4 + h] = _mm256_fmadd_ps(q_chunk, k[t], dots[t * 4 + h]);
+      }
+    }
+  }
+}
+
+// The step vector (lane h * 2 + t) of two tokens' dots in FourHeadDots'
+// order (first token at `first`, second at `second`).
+inline __m256 PairScores(const __m256* first, const __m256* second) {
+  const __m256 ordered[8] = {first[0], second[0], first[1], second[1],
+                             first[2], second[2], first[3], second[3]};
+  return ReduceEight(ordered);
+}
+
+// ChunkScores for four heads and a full unit of 8 tokens. Two tokens at a
+// time give 8 accumulators, exactly the FMA latency times the two FMA pipes,
+// and any stall shows; three at a time give 12 (measured: 0.24 -> 0.18 ns
+// per FMA on cache-resident f16 rows). The unit is done as tokens {0, 1, 2},
+// {3, 4, 5}, {6, 7}; tokens 2 and 3 share step 1.
+template <StorageType kType>
+void FourHeadUnitScores(const float* q, std::uint32_t dim,
+                        const std::byte* const* key_rows, std::size_t offset,
+                        float* scores) {
+  static_assert(kUnitTokens == 8);
+  const std::byte* rows[kUnitTokens];
+  for (std::int32_t t = 0; t < kUnitTokens; ++t) rows[t] = key_rows[t] + offset;
+  __m256 dots[12];
+  FourHeadDots<kType, 3>(q, dim, rows, dots);
+  _mm256_store_ps(scores, PairScores(dots, dots + 4));
+  const __m128 token2 = ReduceFour(dots + 8);
+  FourHeadDots<kType, 3>(q, dim, rows + 3, dots);
+  const __m128 token3 = ReduceFour(dots);
+  _mm256_store_ps(scores + 8, _mm256_set_m128(_mm_unpackhi_ps(token2, token3),
+                                              _mm_unpacklo_ps(token2, token3)));
+  _mm256_store_ps(scores + 16, PairScores(dots + 4, dots + 8));
+  FourHeadDots<kType, 2>(q, dim, rows + 6, dots);
+  _mm256_store_ps(scores + 24, PairScores(dots, dots + 4));
+}
+
 // Scores of a chunk of kHeads query heads (q rows `dim` apart) against the
 // unit's tokens (K rows at key_rows[t] + offset, the list padded to a
 // multiple of 8 by repeating a valid row). Step s covers tokens
@@ -253,6 +319,11 @@ template <StorageType kType, std::size_t kHeads>
 void ChunkScores(const float* q, std::uint32_t dim,
                  const std::byte* const* key_rows, std::size_t offset,
                  std::int32_t num_tokens, float* scores) {
+  if constexpr (kHeads == 4) {
+    if (num_tokens == kUnitTokens) {
+      return FourHeadUnitScores<kType>(q, dim, key_rows, offset, scores);
+    }
+  }
   constexpr std::size_t kTokens = 8 / kHeads;
   constexpr std::size_t kElementBytes = memory::StorageBytes(kType);
   const std::int32_t steps =
@@ -283,13 +354,29 @@ void ChunkScores(const float* q, std::uint32_t dim,
   }
 }
 
+// A vector in the score layout (lane h * kTokens + t, kTokens = 8 / kHeads)
+// in token-major order (lane t * kHeads + h).
+template <std::size_t kHeads>
+inline __m256 TokenMajor(__m256 v) {
+  if constexpr (kHeads == 4) {
+    return _mm256_permutevar8x32_ps(v,
+                                    _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  } else if constexpr (kHeads == 2) {
+    return _mm256_permutevar8x32_ps(v,
+                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  } else {
+    return v;
+  }
+}
+
 // The online softmax of a chunk over one unit, in the score layout of
 // ChunkScores: scales (and caps) the raw scores, masks tokens >= num_tokens,
 // folds them into the running state (max and sum, 8 lanes in the same
 // layout: lane h * kTokens + t; every lane of a head holds its max, the
 // lanes' sums add up to its sum) and replaces the scores with the weights
-// p = exp(score - max). Returns the factors exp(old max - new max), lane
-// h * kTokens for head h.
+// p = exp(score - max), token-major: p(h, t) at scores[t * kHeads + h], so
+// that the V accumulation finds a token's weights at one pointer. Returns
+// the factors exp(old max - new max), lane h * kTokens for head h.
 template <std::size_t kHeads>
 __m256 ChunkSoftmax(float* scores, std::int32_t num_tokens, float scale,
                     float soft_cap, float* state_max, float* state_sum) {
@@ -333,7 +420,7 @@ __m256 ChunkSoftmax(float* scores, std::int32_t num_tokens, float scale,
   for (std::int32_t s = 0; s < steps; ++s) {
     float* row = scores + static_cast<std::size_t>(s) * 8;
     const __m256 p = Exp8(_mm256_sub_ps(_mm256_load_ps(row), new_max));
-    _mm256_store_ps(row, p);
+    _mm256_store_ps(row, TokenMajor<kHeads>(p));
     sum = _mm256_add_ps(sum, p);
   }
   // exp(-inf - max) = 0 for the first unit; 1 where the max did not move
@@ -349,19 +436,17 @@ __m256 ChunkSoftmax(float* scores, std::int32_t num_tokens, float scale,
 }
 
 // acc[h][0..dim) += sum_t p(h, t) * V_t for the chunk's kHeads heads (V rows
-// at value_rows[t] + offset, weights in the ChunkScores layout); the
+// at value_rows[t] + offset, weights token-major as ChunkSoftmax leaves
+// them); the
 // accumulators of 16 (or, at a tail of 8, 8) columns of every head stay in
 // registers across the unit's tokens.
 template <StorageType kType, std::size_t kHeads>
 void ChunkAccumulate(const float* p, std::uint32_t dim,
                      const std::byte* const* value_rows, std::size_t offset,
                      std::int32_t num_tokens, float* acc) {
-  constexpr std::size_t kTokens = 8 / kHeads;
   constexpr std::size_t kElementBytes = memory::StorageBytes(kType);
   const auto weight = [p](std::size_t h, std::int32_t t) {
-    const auto u = static_cast<std::size_t>(t);
-    return _mm256_broadcast_ss(p + (u / kTokens) * 8 + h * kTokens +
-                               u % kTokens);
+    return _mm256_broadcast_ss(p + static_cast<std::size_t>(t) * kHeads + h);
   };
   std::uint32_t c = 0;
   for (; c + 16 <= dim; c += 16) {
@@ -456,6 +541,23 @@ inline std::int32_t GatherSlots(const memory::KvLayerView& cache,
   return count;
 }
 
+// Prefetches the first cache line of the item's part of each of `count`
+// token rows, a block ahead of their use. Each row of a block is a 4 KiB OS
+// page the kernel has not touched yet; the first access to it pays a TLB
+// walk and a DRAM miss before the hardware prefetcher streams the rest of
+// the page (our reading of the measurements, not a documented mechanism).
+// One prefetch per row starts that a block (one pass over every kv head of
+// the item) early: measured on 32 x 2048 f16 keys, 1 thread, 64.5 -> 57-59
+// ns per (key, kv head), where 2, 4 or 8 lines per row gained no more and
+// whole rows (1 to 12 units ahead, any hint) made it slower (they push out
+// of L1 the queries and accumulators the kernel reuses).
+inline void PrefetchRowStarts(const std::byte* const* rows, std::int32_t count,
+                              std::size_t offset) {
+  for (std::int32_t t = 0; t < count; ++t) {
+    _mm_prefetch(reinterpret_cast<const char*>(rows[t] + offset), _MM_HINT_T0);
+  }
+}
+
 // The item's work is a sequence of units (block of kUnitTokens keys, kv
 // head), block-major.
 template <StorageType kType>
@@ -478,12 +580,26 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
     std::fill_n(scratch.scores.data() + i + 8, 8, 0.0F);
   }
 
-  std::array<const std::byte*, kUnitTokens + 8> slots;
+  // The slots of the current block and of the next one (prefetched).
+  std::array<const std::byte*, kUnitTokens + 8> slot_buffers[2];
+  const std::byte** slots = slot_buffers[0].data();
+  const std::byte** next_slots = slot_buffers[1].data();
+  std::int32_t n =
+      view.begin < view.end
+          ? GatherSlots(args.cache, view.pages, view.begin,
+                        std::min(view.end, view.begin + kUnitTokens), slots)
+          : 0;
+  const std::size_t item_offset = 2 * item.kv_head * row_bytes;
   for (std::int32_t block = view.begin; block < view.end;
        block += kUnitTokens) {
-    const std::int32_t n =
-        GatherSlots(args.cache, view.pages, block,
-                    std::min(view.end, block + kUnitTokens), slots.data());
+    const std::int32_t next_begin = block + kUnitTokens;
+    std::int32_t next_n = 0;
+    if (next_begin < view.end) {
+      next_n =
+          GatherSlots(args.cache, view.pages, next_begin,
+                      std::min(view.end, next_begin + kUnitTokens), next_slots);
+      PrefetchRowStarts(next_slots, next_n, item_offset);
+    }
     for (std::uint32_t i = 0; i < num_heads; ++i) {
       const std::size_t key_offset = 2 * (item.kv_head + i) * row_bytes;
       const float* q = view.q + static_cast<std::size_t>(i) * group * dim;
@@ -493,21 +609,23 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
           scratch.scores.data() + static_cast<std::size_t>(i) * chunks * 16;
       std::uint32_t g = 0;
       for (; g + 4 <= group; g += 4) {
-        ChunkPass<kType, 4>(q + g * dim, dim, slots.data(), key_offset,
-                            row_bytes, n, batch.params, state, acc + g * dim);
+        ChunkPass<kType, 4>(q + g * dim, dim, slots, key_offset, row_bytes, n,
+                            batch.params, state, acc + g * dim);
         state += 16;
       }
       if (g + 2 <= group) {
-        ChunkPass<kType, 2>(q + g * dim, dim, slots.data(), key_offset,
-                            row_bytes, n, batch.params, state, acc + g * dim);
+        ChunkPass<kType, 2>(q + g * dim, dim, slots, key_offset, row_bytes, n,
+                            batch.params, state, acc + g * dim);
         state += 16;
         g += 2;
       }
       if (g < group) {
-        ChunkPass<kType, 1>(q + g * dim, dim, slots.data(), key_offset,
-                            row_bytes, n, batch.params, state, acc + g * dim);
+        ChunkPass<kType, 1>(q + g * dim, dim, slots, key_offset, row_bytes, n,
+                            batch.params, state, acc + g * dim);
       }
     }
+    std::swap(slots, next_slots);
+    n = next_n;
   }
 
   // The running states as SoftmaxRows: a head's max is in each of its
