@@ -31,7 +31,7 @@ struct BenchAttentionArgs {
   std::vector<int> threads = {1, 2};
   int repetitions = 5;
   bool json = false;
-  std::string filter;        // ECMAScript regex, searched in the row name
+  std::string filter;        // POSIX extended regex, searched in the row name
   double min_time_ms = 100;  // per repetition (several Runs if one is shorter)
   int buffer_mib = 512;      // roofline probe buffer
 };

@@ -103,15 +103,89 @@ class GangTimer {
 
 }  // namespace
 
-StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
-  if (options.threads < 1 || options.threads > 1024) {
+struct ReadBandwidthProbe::Impl {
+  int threads = 1;
+  bool avx2 = false;
+  std::size_t words_per_thread = 0;
+  std::unique_ptr<std::uint64_t, AlignedFree> buffer;
+  std::vector<std::uint64_t> sinks;  // a line per thread
+};
+
+ReadBandwidthProbe::ReadBandwidthProbe(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+ReadBandwidthProbe::ReadBandwidthProbe(ReadBandwidthProbe&&) noexcept = default;
+ReadBandwidthProbe& ReadBandwidthProbe::operator=(
+    ReadBandwidthProbe&&) noexcept = default;
+ReadBandwidthProbe::~ReadBandwidthProbe() = default;
+
+StatusOr<ReadBandwidthProbe> ReadBandwidthProbe::Create(
+    int threads, std::size_t buffer_bytes) {
+  if (threads < 1 || threads > 1024) {
     return InvalidArgumentError("threads must be in [1, 1024], got " +
-                                std::to_string(options.threads));
+                                std::to_string(threads));
   }
-  if (options.buffer_bytes < (std::size_t{64} << 10)) {
+  if (buffer_bytes < (std::size_t{64} << 10)) {
     return InvalidArgumentError("buffer_bytes must be at least 65536, got " +
-                                std::to_string(options.buffer_bytes));
+                                std::to_string(buffer_bytes));
   }
+  auto impl = std::make_unique<Impl>();
+  impl->threads = threads;
+  impl->avx2 = internal::HaveAvx2Fma();
+  // Each thread's slice is a whole number of 256-byte blocks (32 words, the
+  // unrolled loop's step).
+  constexpr std::size_t kBlockWords = 32;
+  const std::size_t blocks = buffer_bytes / (kBlockWords * 8);
+  const std::size_t blocks_per_thread =
+      std::max<std::size_t>(1, blocks / static_cast<std::size_t>(threads));
+  impl->words_per_thread = blocks_per_thread * kBlockWords;
+  const std::size_t total_words =
+      impl->words_per_thread * static_cast<std::size_t>(threads);
+  impl->buffer.reset(
+      static_cast<std::uint64_t*>(std::aligned_alloc(4096, total_words * 8)));
+  if (impl->buffer == nullptr) {
+    return ResourceExhaustedError("roofline: cannot allocate a " +
+                                  std::to_string(total_words * 8) +
+                                  "-byte buffer");
+  }
+  impl->sinks.assign(static_cast<std::size_t>(threads) * 8, 0);
+  // First touch by the thread that reads the slice later.
+  GangTimer gang(threads);
+  Impl& probe = *impl;
+  RPA_ASSIGN_OR_RETURN(double touch_seconds, gang.Run([&probe](int t) {
+    std::uint64_t* slice = probe.buffer.get() +
+                           static_cast<std::size_t>(t) * probe.words_per_thread;
+    for (std::size_t i = 0; i < probe.words_per_thread; ++i)
+      slice[i] = i * 2654435761U;
+  }));
+  static_cast<void>(touch_seconds);
+  return ReadBandwidthProbe(std::move(impl));
+}
+
+int ReadBandwidthProbe::threads() const { return impl_->threads; }
+
+std::size_t ReadBandwidthProbe::buffer_bytes() const {
+  return impl_->words_per_thread * static_cast<std::size_t>(impl_->threads) * 8;
+}
+
+StatusOr<double> ReadBandwidthProbe::MeasurePass() {
+  Impl& probe = *impl_;
+  GangTimer gang(probe.threads);
+  RPA_ASSIGN_OR_RETURN(double seconds, gang.Run([&probe](int t) {
+    const std::uint64_t* slice =
+        probe.buffer.get() +
+        static_cast<std::size_t>(t) * probe.words_per_thread;
+    probe.sinks[static_cast<std::size_t>(t) * 8] +=
+        probe.avx2 ? internal::ReadSumAvx2(slice, probe.words_per_thread)
+                   : internal::ReadSumPortable(slice, probe.words_per_thread);
+  }));
+  // Keep the sums observable so that no loop is dropped.
+  std::uint64_t guard = 0;
+  for (std::uint64_t sink : probe.sinks) guard ^= sink;
+  asm volatile("" : : "r"(guard));
+  return static_cast<double>(buffer_bytes()) / seconds;
+}
+
+StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
   if (options.bandwidth_passes < 1) {
     return InvalidArgumentError("bandwidth_passes must be >= 1, got " +
                                 std::to_string(options.bandwidth_passes));
@@ -123,51 +197,20 @@ StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
   if (options.fma_iterations < 1) {
     return InvalidArgumentError("fma_iterations must be >= 1, got 0");
   }
+  double best_bandwidth = 0;
+  {
+    RPA_ASSIGN_OR_RETURN(
+        ReadBandwidthProbe probe,
+        ReadBandwidthProbe::Create(options.threads, options.buffer_bytes));
+    for (int pass = 0; pass < options.bandwidth_passes; ++pass) {
+      RPA_ASSIGN_OR_RETURN(double bandwidth, probe.MeasurePass());
+      best_bandwidth = std::max(best_bandwidth, bandwidth);
+    }
+  }  // the buffer is freed before the FMA runs
+
   const bool avx2 = internal::HaveAvx2Fma();
   const int threads = options.threads;
   GangTimer gang(threads);
-
-  // Each thread's slice is a whole number of 256-byte blocks (32 words, the
-  // unrolled loop's step).
-  constexpr std::size_t kBlockWords = 32;
-  const std::size_t blocks = options.buffer_bytes / (kBlockWords * 8);
-  const std::size_t blocks_per_thread =
-      std::max<std::size_t>(1, blocks / static_cast<std::size_t>(threads));
-  const std::size_t words_per_thread = blocks_per_thread * kBlockWords;
-  const std::size_t total_words =
-      words_per_thread * static_cast<std::size_t>(threads);
-  std::unique_ptr<std::uint64_t, AlignedFree> buffer(
-      static_cast<std::uint64_t*>(std::aligned_alloc(4096, total_words * 8)));
-  if (buffer == nullptr) {
-    return ResourceExhaustedError("roofline: cannot allocate a " +
-                                  std::to_string(total_words * 8) +
-                                  "-byte buffer");
-  }
-  std::vector<std::uint64_t> sinks(static_cast<std::size_t>(threads) *
-                                   8);  // a line each
-
-  // First touch by the thread that reads the slice later.
-  RPA_ASSIGN_OR_RETURN(double touch_seconds, gang.Run([&](int t) {
-    std::uint64_t* slice =
-        buffer.get() + static_cast<std::size_t>(t) * words_per_thread;
-    for (std::size_t i = 0; i < words_per_thread; ++i)
-      slice[i] = i * 2654435761U;
-  }));
-  static_cast<void>(touch_seconds);
-
-  double best_read = std::numeric_limits<double>::infinity();
-  for (int pass = 0; pass < options.bandwidth_passes; ++pass) {
-    RPA_ASSIGN_OR_RETURN(double seconds, gang.Run([&](int t) {
-      const std::uint64_t* slice =
-          buffer.get() + static_cast<std::size_t>(t) * words_per_thread;
-      sinks[static_cast<std::size_t>(t) * 8] +=
-          avx2 ? internal::ReadSumAvx2(slice, words_per_thread)
-               : internal::ReadSumPortable(slice, words_per_thread);
-    }));
-    best_read = std::min(best_read, seconds);
-  }
-  buffer.reset();
-
   double best_fma = std::numeric_limits<double>::infinity();
   std::vector<float> fma_sinks(static_cast<std::size_t>(threads) * 16);
   for (int run = 0; run < options.fma_runs; ++run) {
@@ -179,18 +222,14 @@ StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
     }));
     best_fma = std::min(best_fma, seconds);
   }
-  // Keep the sums observable so that no loop is dropped.
-  std::uint64_t guard = 0;
-  for (std::uint64_t s : sinks) guard ^= s;
   float fguard = 0;
   for (float f : fma_sinks) fguard += f;
-  asm volatile("" : : "r"(guard), "x"(fguard));
+  asm volatile("" : : "x"(fguard));
 
   HostRoofline out;
   out.threads = threads;
   out.used_avx2_fma = avx2;
-  out.read_bandwidth_bytes_per_s =
-      static_cast<double>(total_words * 8) / best_read;
+  out.read_bandwidth_bytes_per_s = best_bandwidth;
   out.fma_peak_flops_per_s =
       internal::FmaChainsFlops(options.fma_iterations, avx2) * threads /
       best_fma;

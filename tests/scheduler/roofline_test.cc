@@ -51,6 +51,38 @@ TEST(RooflineTest, RejectsBadOptions) {
   EXPECT_FALSE(MeasureHostRoofline(options).ok());
 }
 
+TEST(ReadBandwidthProbeTest, PassesReuseOneBuffer) {
+  for (int threads : {1, 3}) {
+    // 1 MiB + 100 bytes: each thread's slice is rounded down to 256 bytes.
+    auto probe =
+        ReadBandwidthProbe::Create(threads, (std::size_t{1} << 20) + 100);
+    ASSERT_TRUE(probe.ok()) << probe.status();
+    EXPECT_EQ(probe->threads(), threads);
+    EXPECT_LE(probe->buffer_bytes(), (std::size_t{1} << 20) + 100);
+    EXPECT_GT(probe->buffer_bytes(), (std::size_t{1} << 20) - 256 * 3);
+    EXPECT_EQ(probe->buffer_bytes() % (256 * static_cast<std::size_t>(threads)),
+              0U);
+    for (int pass = 0; pass < 3; ++pass) {
+      auto bandwidth = probe->MeasurePass();
+      ASSERT_TRUE(bandwidth.ok()) << bandwidth.status();
+      EXPECT_TRUE(std::isfinite(*bandwidth));
+      EXPECT_GT(*bandwidth, 1e8);
+    }
+  }
+}
+
+TEST(ReadBandwidthProbeTest, RejectsBadArguments) {
+  auto probe = ReadBandwidthProbe::Create(0, std::size_t{1} << 20);
+  ASSERT_FALSE(probe.ok());
+  EXPECT_THAT(probe.status().message(), HasSubstr("threads"));
+  probe = ReadBandwidthProbe::Create(1025, std::size_t{1} << 20);
+  ASSERT_FALSE(probe.ok());
+  EXPECT_THAT(probe.status().message(), HasSubstr("1025"));
+  probe = ReadBandwidthProbe::Create(1, 1000);
+  ASSERT_FALSE(probe.ok());
+  EXPECT_THAT(probe.status().message(), HasSubstr("buffer_bytes"));
+}
+
 TEST(RooflineTest, FloorIsTheSlowerOfMemoryAndCompute) {
   HostRoofline roof{.read_bandwidth_bytes_per_s = 10e9,
                     .fma_peak_flops_per_s = 100e9};

@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "rpa/attention/cost.h"
 #include "rpa/runtime/status.h"
@@ -58,6 +59,38 @@ struct RooflineOptions {
 // InvalidArgument names a bad option; ResourceExhausted when the buffer
 // cannot be allocated; Internal when a thread cannot be started.
 StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options = {});
+
+// The bandwidth half of MeasureHostRoofline as a reusable object: the buffer
+// stays allocated (and touched) between passes, so that passes can be
+// interleaved with the work they bound. On a shared machine the available
+// bandwidth drifts by 10-30 % over seconds; a limit measured next to each
+// repetition of a kernel sees the same machine the kernel saw (`rpa bench
+// attention` does this).
+//
+// Thread-safety: one caller at a time; a pass starts and joins its own
+// threads.
+class ReadBandwidthProbe {
+ public:
+  // InvalidArgument for threads outside [1, 1024] or a buffer under 64 KiB;
+  // ResourceExhausted when the buffer cannot be allocated; Internal when a
+  // thread cannot be started.
+  static StatusOr<ReadBandwidthProbe> Create(int threads,
+                                             std::size_t buffer_bytes);
+  ReadBandwidthProbe(ReadBandwidthProbe&&) noexcept;
+  ReadBandwidthProbe& operator=(ReadBandwidthProbe&&) noexcept;
+  ~ReadBandwidthProbe();
+
+  // One pass over the whole buffer: bytes per second.
+  StatusOr<double> MeasurePass();
+
+  int threads() const;
+  std::size_t buffer_bytes() const;  // rounded down to whole blocks
+
+ private:
+  struct Impl;
+  explicit ReadBandwidthProbe(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
 
 // max(bytes / bandwidth, flops / peak), in seconds; 0 for an empty cost.
 double RooflineFloorSeconds(const attention::BatchCost& cost,
