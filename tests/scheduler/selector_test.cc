@@ -152,8 +152,17 @@ TEST(SelectorTest, TableEntriesWinOverTheFallback) {
       StatusCode::kInvalidArgument);
 }
 
+// A device JSON file, removed when the test is done with it.
+struct DeviceFile {
+  explicit DeviceFile(std::string file) : path(std::move(file)) {}
+  DeviceFile(const DeviceFile&) = delete;
+  DeviceFile& operator=(const DeviceFile&) = delete;
+  ~DeviceFile() { std::remove(path.c_str()); }
+  std::string path;
+};
+
 // A tpu7x with `vmem_bytes` of VMEM, as a device JSON file the selector loads.
-std::string WriteTinyDevice(std::uint64_t vmem_bytes) {
+DeviceFile WriteTinyDevice(std::uint64_t vmem_bytes) {
   auto spec = device::ParseDeviceSpec(
       R"({"base": "tpu7x", "name": "tiny", "vmem_bytes": )" +
       std::to_string(vmem_bytes) + "}");
@@ -168,7 +177,7 @@ std::string WriteTinyDevice(std::uint64_t vmem_bytes) {
   const std::string json = device::DeviceSpecToJson(*spec);
   std::fwrite(json.data(), 1, json.size(), f);
   std::fclose(f);
-  return path;
+  return DeviceFile{path};
 }
 
 // The VMEM the used ranges of `s` share, by RunOnDevice's own model.
@@ -197,8 +206,9 @@ TEST(SelectorTest, DecodeRangeAndDecodeKernelMixedRangeShareBlocks) {
               {4, 4, 6});
   for (const std::uint64_t vmem :
        {std::uint64_t{64} << 20, std::uint64_t{256} << 10}) {
-    const std::string path = WriteTinyDevice(vmem);
-    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    const DeviceFile device = WriteTinyDevice(vmem);
+    auto selector =
+        KernelSelector::Create(device.path, TuningTable("tiny", {}));
     ASSERT_TRUE(selector.ok()) << selector.status().ToString();
     Selection s = selector->Select(batch.metadata, batch.cache);
     const KernelChoice& decode = s.ranges[0];
@@ -216,8 +226,8 @@ TEST(SelectorTest, DecodeRangeAndDecodeKernelMixedRangeShareBlocks) {
 }
 
 TEST(SelectorTest, BlocksAreShrunkToFitVmem) {
-  const std::string path = WriteTinyDevice(1048576);
-  auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+  const DeviceFile device = WriteTinyDevice(1048576);
+  auto selector = KernelSelector::Create(device.path, TuningTable("tiny", {}));
   ASSERT_TRUE(selector.ok()) << selector.status().ToString();
   Batch batch({{1, 4096}, {256, 2048}}, {1, 2, 2});
   Selection s = selector->Select(batch.metadata, batch.cache);
@@ -237,8 +247,9 @@ TEST(SelectorTest, ShrinksEveryRangeBeforeGivingUp) {
   Batch batch({{1, 8192}, {1, 6000}, {512, 1024}}, {2, 3, 3});
   for (std::uint64_t vmem = std::uint64_t{16} << 20; vmem >= 64 * 1024;
        vmem /= 2) {
-    const std::string path = WriteTinyDevice(vmem);
-    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    const DeviceFile device = WriteTinyDevice(vmem);
+    auto selector =
+        KernelSelector::Create(device.path, TuningTable("tiny", {}));
     ASSERT_TRUE(selector.ok()) << selector.status().ToString();
     Selection s = selector->Select(batch.metadata, batch.cache);
     if (SharedVmemBytes(s, batch) <= vmem) continue;
@@ -260,8 +271,9 @@ TEST(SelectorTest, SelectionsRunOnADeviceWithTightVmem) {
   for (const std::uint64_t vmem :
        {std::uint64_t{2} << 20, std::uint64_t{8} << 20,
         std::uint64_t{64} << 20}) {
-    const std::string path = WriteTinyDevice(vmem);
-    auto selector = KernelSelector::Create(path, TuningTable("tiny", {}));
+    const DeviceFile device = WriteTinyDevice(vmem);
+    auto selector =
+        KernelSelector::Create(device.path, TuningTable("tiny", {}));
     ASSERT_TRUE(selector.ok()) << selector.status().ToString();
     AttentionWorkloadSpec spec;
     spec.page_size_tokens = 16;

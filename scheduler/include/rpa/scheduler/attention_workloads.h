@@ -8,20 +8,19 @@
 // consecutive pages are adjacent in memory); q, k, v and the whole cache
 // (unused slots included) filled with seeded uniform values in [-1, 1).
 //
-//   name                    sequences (q_len x kv_len)            cache
-//   distribution decode_32x2048_f16      32 x (1 x 2048) f16    (32, 32, 32)
-//   decode_32x2048_f32      32 x (1 x 2048)                       f32    (32,
-//   32, 32) decode_32x8192_f16      32 x (1 x 8192)                       f16
-//   (32, 32, 32) decode_1x32768_f16      1 x (1 x 32768) f16    (1, 1, 1)
-//   prefill_1x2048_f16      1 x (2048 x 2048), chunk 2048         f16    (0, 1,
-//   1) mixed_azure_f16         24 decode, kv_len uniform in          f16 (24,
-//   26, 26)
-//                           [300, 4000] (seed 2023), then 2
-//                           prefill chunks of 512: (512 x 512)
-//                           and (512 x 1536), chunk 512
-//   mixed_azure_f16_decode   the 24 decode sequences alone         f16    (24,
-//   24, 24) mixed_azure_f16_prefill  the 2 prefill chunks alone            f16
-//   (0, 2, 2)
+//   name                     sequences (q_len x kv_len)    cache  distribution
+//   decode_32x2048_f16       32 x (1 x 2048)               f16    (32, 32, 32)
+//   decode_32x2048_f32       32 x (1 x 2048)               f32    (32, 32, 32)
+//   decode_32x8192_f16       32 x (1 x 8192)               f16    (32, 32, 32)
+//   decode_1x32768_f16       1 x (1 x 32768)               f16    (1, 1, 1)
+//   prefill_1x2048_f16       1 x (2048 x 2048), chunk 2048 f16    (0, 1, 1)
+//   mixed_azure_f16          24 decode, kv_len uniform in  f16    (24, 26, 26)
+//                            [300, 4000] (seed 2023), then
+//                            2 prefill chunks of 512:
+//                            (512 x 512) and (512 x 1536),
+//                            chunk 512
+//   mixed_azure_f16_decode   the 24 decode sequences alone f16    (24, 24, 24)
+//   mixed_azure_f16_prefill  the 2 prefill chunks alone    f16    (0, 2, 2)
 //
 // The mixed batch puts its decode sequences in the decode range and its
 // chunks in the prefill range (the order a continuous-batching scheduler
@@ -36,9 +35,11 @@
 //
 // Example:
 //   RPA_ASSIGN_OR_RETURN(auto w,
-//   AttentionWorkload::Create("decode_32x2048_f16")); RPA_ASSIGN_OR_RETURN(auto
-//   plan, attention::AttentionPlan::Create(
-//       w->metadata(), w->cache(), w->params(), {.parallelism = 2}));
+//                        AttentionWorkload::Create("decode_32x2048_f16"));
+//   RPA_ASSIGN_OR_RETURN(auto plan,
+//                        attention::AttentionPlan::Create(
+//                            w->metadata(), w->cache(), w->params(),
+//                            {.parallelism = 2}));
 //   RPA_RETURN_IF_ERROR(attention::Run(plan, w->tensors(), executor));
 
 #include <array>
@@ -128,7 +129,7 @@ class AttentionWorkload {
   std::vector<float> k_;
   std::vector<float> v_;
   std::vector<float> out_;
-  NpyArray cache_buffer_;  // 64-byte aligned
+  NpyArray cache_buffer_;  // page aligned (NpyArray: 4 KiB from 4 KiB up)
   memory::KvLayerView cache_view_;
 };
 
