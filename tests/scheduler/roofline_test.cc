@@ -51,6 +51,23 @@ TEST(RooflineTest, RejectsBadOptions) {
   EXPECT_FALSE(MeasureHostRoofline(options).ok());
 }
 
+TEST(RooflineTest, FmaPeakAloneMatchesTheRooflineHalf) {
+  auto peak = MeasureFmaPeak(Quick(2));
+  ASSERT_TRUE(peak.ok()) << peak.status();
+  EXPECT_TRUE(std::isfinite(*peak));
+  EXPECT_GT(*peak, 1e8);
+  RooflineOptions options = Quick(1);
+  options.fma_runs = 0;
+  auto bad = MeasureFmaPeak(options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("fma_runs"));
+  options = Quick(1);
+  options.threads = 2000;
+  bad = MeasureFmaPeak(options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("2000"));
+}
+
 TEST(ReadBandwidthProbeTest, PassesReuseOneBuffer) {
   for (int threads : {1, 3}) {
     // 1 MiB + 100 bytes: each thread's slice is rounded down to 256 bytes.

@@ -60,6 +60,10 @@ struct RooflineOptions {
 // cannot be allocated; Internal when a thread cannot be started.
 StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options = {});
 
+// The FMA half of MeasureHostRoofline alone (options.threads, fma_runs and
+// fma_iterations): FLOP/s, best of the runs. Errors as MeasureHostRoofline.
+StatusOr<double> MeasureFmaPeak(const RooflineOptions& options = {});
+
 // The bandwidth half of MeasureHostRoofline as a reusable object: the buffer
 // stays allocated (and touched) between passes, so that passes can be
 // interleaved with the work they bound. On a shared machine the available
