@@ -140,8 +140,13 @@ StatusOr<ReadBandwidthProbe> ReadBandwidthProbe::Create(
   impl->words_per_thread = blocks_per_thread * kBlockWords;
   const std::size_t total_words =
       impl->words_per_thread * static_cast<std::size_t>(threads);
+  // aligned_alloc wants a multiple of the alignment (ASan enforces it); the
+  // slices use total_words of it.
+  constexpr std::size_t kPageBytes = 4096;
+  const std::size_t alloc_bytes =
+      (total_words * 8 + kPageBytes - 1) / kPageBytes * kPageBytes;
   impl->buffer.reset(
-      static_cast<std::uint64_t*>(std::aligned_alloc(4096, total_words * 8)));
+      static_cast<std::uint64_t*>(std::aligned_alloc(kPageBytes, alloc_bytes)));
   if (impl->buffer == nullptr) {
     return ResourceExhaustedError("roofline: cannot allocate a " +
                                   std::to_string(total_words * 8) +
