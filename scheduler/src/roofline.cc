@@ -57,6 +57,34 @@ struct AlignedFree {
   void operator()(std::uint64_t* p) const { std::free(p); }
 };
 
+Status CheckThreads(int threads) {
+  if (threads < 1 || threads > 1024) {
+    return InvalidArgumentError("threads must be in [1, 1024], got " +
+                                std::to_string(threads));
+  }
+  return OkStatus();
+}
+
+Status CheckBufferBytes(std::size_t buffer_bytes) {
+  if (buffer_bytes < (std::size_t{64} << 10)) {
+    return InvalidArgumentError("buffer_bytes must be at least 65536, got " +
+                                std::to_string(buffer_bytes));
+  }
+  return OkStatus();
+}
+
+// fma_runs and fma_iterations.
+Status CheckFmaRuns(const RooflineOptions& options) {
+  if (options.fma_runs < 1) {
+    return InvalidArgumentError("fma_runs must be >= 1, got " +
+                                std::to_string(options.fma_runs));
+  }
+  if (options.fma_iterations < 1) {
+    return InvalidArgumentError("fma_iterations must be >= 1, got 0");
+  }
+  return OkStatus();
+}
+
 // Runs body(thread_index) on `threads` threads that start together (a
 // barrier) and returns the span from the earliest start to the latest end,
 // in seconds.
@@ -120,14 +148,8 @@ ReadBandwidthProbe::~ReadBandwidthProbe() = default;
 
 StatusOr<ReadBandwidthProbe> ReadBandwidthProbe::Create(
     int threads, std::size_t buffer_bytes) {
-  if (threads < 1 || threads > 1024) {
-    return InvalidArgumentError("threads must be in [1, 1024], got " +
-                                std::to_string(threads));
-  }
-  if (buffer_bytes < (std::size_t{64} << 10)) {
-    return InvalidArgumentError("buffer_bytes must be at least 65536, got " +
-                                std::to_string(buffer_bytes));
-  }
+  RPA_RETURN_IF_ERROR(CheckThreads(threads));
+  RPA_RETURN_IF_ERROR(CheckBufferBytes(buffer_bytes));
   auto impl = std::make_unique<Impl>();
   impl->threads = threads;
   impl->avx2 = internal::HaveAvx2Fma();
@@ -191,18 +213,14 @@ StatusOr<double> ReadBandwidthProbe::MeasurePass() {
 }
 
 StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
+  // Every option before any measuring.
+  RPA_RETURN_IF_ERROR(CheckThreads(options.threads));
+  RPA_RETURN_IF_ERROR(CheckBufferBytes(options.buffer_bytes));
   if (options.bandwidth_passes < 1) {
     return InvalidArgumentError("bandwidth_passes must be >= 1, got " +
                                 std::to_string(options.bandwidth_passes));
   }
-  if (options.fma_runs < 1) {
-    return InvalidArgumentError("fma_runs must be >= 1, got " +
-                                std::to_string(options.fma_runs));
-  }
-  if (options.fma_iterations < 1) {
-    return InvalidArgumentError("fma_iterations must be >= 1, got 0");
-  }
-  // (ReadBandwidthProbe::Create checks threads and buffer_bytes.)
+  RPA_RETURN_IF_ERROR(CheckFmaRuns(options));
   double best_bandwidth = 0;
   {
     RPA_ASSIGN_OR_RETURN(
@@ -224,17 +242,8 @@ StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
 }
 
 StatusOr<double> MeasureFmaPeak(const RooflineOptions& options) {
-  if (options.threads < 1 || options.threads > 1024) {
-    return InvalidArgumentError("threads must be in [1, 1024], got " +
-                                std::to_string(options.threads));
-  }
-  if (options.fma_runs < 1) {
-    return InvalidArgumentError("fma_runs must be >= 1, got " +
-                                std::to_string(options.fma_runs));
-  }
-  if (options.fma_iterations < 1) {
-    return InvalidArgumentError("fma_iterations must be >= 1, got 0");
-  }
+  RPA_RETURN_IF_ERROR(CheckThreads(options.threads));
+  RPA_RETURN_IF_ERROR(CheckFmaRuns(options));
   const bool avx2 = internal::HaveAvx2Fma();
   const int threads = options.threads;
   GangTimer gang(threads);

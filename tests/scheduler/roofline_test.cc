@@ -51,7 +51,7 @@ TEST(RooflineTest, RejectsBadOptions) {
   EXPECT_FALSE(MeasureHostRoofline(options).ok());
 }
 
-TEST(RooflineTest, FmaPeakAloneMatchesTheRooflineHalf) {
+TEST(RooflineTest, FmaPeakAloneMeasuresAndValidatesItsOptions) {
   auto peak = MeasureFmaPeak(Quick(2));
   ASSERT_TRUE(peak.ok()) << peak.status();
   EXPECT_TRUE(std::isfinite(*peak));
