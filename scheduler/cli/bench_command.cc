@@ -212,24 +212,21 @@ int RunBenchAttention(const BenchAttentionArgs& args) {
     return 1;
   }
 
-  // The roofline first, once per thread count, before any executor exists.
+  // The roofline first, once per thread count, before any executor exists;
+  // each thread count's probe buffer is kept for the rows' passes.
   std::map<int, scheduler::HostRoofline> rooflines;
+  std::map<int, scheduler::ReadBandwidthProbe> probes;
   for (int threads : thread_counts) {
     std::fprintf(stderr, "roofline probe, %d thread(s)...\n", threads);
-    auto roof = scheduler::MeasureHostRoofline(
-        {.threads = threads,
-         .buffer_bytes = static_cast<std::size_t>(args.buffer_mib) << 20});
+    auto probe = scheduler::ReadBandwidthProbe::Create(
+        threads, static_cast<std::size_t>(args.buffer_mib) << 20);
+    if (!probe.ok()) return Fail(probe.status());
+    auto roof = scheduler::MeasureHostRoofline(*probe, {});
     if (!roof.ok()) return Fail(roof.status());
     std::fprintf(stderr, "  read %.1f GB/s, FMA peak %.1f GFLOP/s\n",
                  roof->read_bandwidth_bytes_per_s / 1e9,
                  roof->fma_peak_flops_per_s / 1e9);
     rooflines[threads] = *roof;
-  }
-  std::map<int, scheduler::ReadBandwidthProbe> probes;
-  for (int threads : thread_counts) {
-    auto probe = scheduler::ReadBandwidthProbe::Create(
-        threads, static_cast<std::size_t>(args.buffer_mib) << 20);
-    if (!probe.ok()) return Fail(probe.status());
     probes.emplace(threads, std::move(*probe));
   }
   std::map<int, std::unique_ptr<runtime::Executor>> executors;

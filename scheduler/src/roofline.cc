@@ -85,6 +85,15 @@ Status CheckFmaRuns(const RooflineOptions& options) {
   return OkStatus();
 }
 
+// bandwidth_passes, fma_runs and fma_iterations.
+Status CheckPassesAndRuns(const RooflineOptions& options) {
+  if (options.bandwidth_passes < 1) {
+    return InvalidArgumentError("bandwidth_passes must be >= 1, got " +
+                                std::to_string(options.bandwidth_passes));
+  }
+  return CheckFmaRuns(options);
+}
+
 // Runs body(thread_index) on `threads` threads that start together (a
 // barrier) and returns the span from the earliest start to the latest end,
 // in seconds.
@@ -216,25 +225,26 @@ StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options) {
   // Every option before any measuring.
   RPA_RETURN_IF_ERROR(CheckThreads(options.threads));
   RPA_RETURN_IF_ERROR(CheckBufferBytes(options.buffer_bytes));
-  if (options.bandwidth_passes < 1) {
-    return InvalidArgumentError("bandwidth_passes must be >= 1, got " +
-                                std::to_string(options.bandwidth_passes));
-  }
-  RPA_RETURN_IF_ERROR(CheckFmaRuns(options));
-  double best_bandwidth = 0;
-  {
-    RPA_ASSIGN_OR_RETURN(
-        ReadBandwidthProbe probe,
-        ReadBandwidthProbe::Create(options.threads, options.buffer_bytes));
-    for (int pass = 0; pass < options.bandwidth_passes; ++pass) {
-      RPA_ASSIGN_OR_RETURN(double bandwidth, probe.MeasurePass());
-      best_bandwidth = std::max(best_bandwidth, bandwidth);
-    }
-  }  // the buffer is freed before the FMA runs
+  RPA_RETURN_IF_ERROR(CheckPassesAndRuns(options));
+  RPA_ASSIGN_OR_RETURN(
+      ReadBandwidthProbe probe,
+      ReadBandwidthProbe::Create(options.threads, options.buffer_bytes));
+  return MeasureHostRoofline(probe, options);
+}
 
-  RPA_ASSIGN_OR_RETURN(double fma_peak, MeasureFmaPeak(options));
+StatusOr<HostRoofline> MeasureHostRoofline(ReadBandwidthProbe& probe,
+                                           const RooflineOptions& options) {
+  RPA_RETURN_IF_ERROR(CheckPassesAndRuns(options));
+  double best_bandwidth = 0;
+  for (int pass = 0; pass < options.bandwidth_passes; ++pass) {
+    RPA_ASSIGN_OR_RETURN(double bandwidth, probe.MeasurePass());
+    best_bandwidth = std::max(best_bandwidth, bandwidth);
+  }
+  RooflineOptions fma_options = options;
+  fma_options.threads = probe.threads();
+  RPA_ASSIGN_OR_RETURN(double fma_peak, MeasureFmaPeak(fma_options));
   HostRoofline out;
-  out.threads = options.threads;
+  out.threads = probe.threads();
   out.used_avx2_fma = internal::HaveAvx2Fma();
   out.read_bandwidth_bytes_per_s = best_bandwidth;
   out.fma_peak_flops_per_s = fma_peak;

@@ -88,6 +88,21 @@ TEST(ReadBandwidthProbeTest, PassesReuseOneBuffer) {
   }
 }
 
+TEST(ReadBandwidthProbeTest, RooflineOnAProbeUsesItsThreads) {
+  auto probe = ReadBandwidthProbe::Create(2, std::size_t{8} << 20);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  auto roof = MeasureHostRoofline(*probe, Quick(1));  // threads: the probe's
+  ASSERT_TRUE(roof.ok()) << roof.status();
+  EXPECT_EQ(roof->threads, 2);
+  EXPECT_GT(roof->read_bandwidth_bytes_per_s, 1e8);
+  EXPECT_GT(roof->fma_peak_flops_per_s, 1e8);
+  RooflineOptions options = Quick(1);
+  options.bandwidth_passes = 0;
+  roof = MeasureHostRoofline(*probe, options);
+  ASSERT_FALSE(roof.ok());
+  EXPECT_THAT(roof.status().message(), HasSubstr("bandwidth_passes"));
+}
+
 TEST(ReadBandwidthProbeTest, RejectsBadArguments) {
   auto probe = ReadBandwidthProbe::Create(0, std::size_t{1} << 20);
   ASSERT_FALSE(probe.ok());

@@ -96,6 +96,13 @@ class ReadBandwidthProbe {
   std::unique_ptr<Impl> impl_;
 };
 
+// MeasureHostRoofline with the bandwidth passes taken on `probe` (its threads
+// and buffer; options.threads and buffer_bytes are ignored), so that a caller
+// that keeps probing afterwards allocates and touches the buffer only once.
+// InvalidArgument for bad bandwidth_passes / fma_runs / fma_iterations.
+StatusOr<HostRoofline> MeasureHostRoofline(ReadBandwidthProbe& probe,
+                                           const RooflineOptions& options);
+
 // max(bytes / bandwidth, flops / peak), in seconds; 0 for an empty cost.
 double RooflineFloorSeconds(const attention::BatchCost& cost,
                             const HostRoofline& roofline);
