@@ -3,7 +3,9 @@
 // page tables, garbage unused entries, NaN padding rows), runs Attend with
 // the kernels the input routes each range to, and compares with the double
 // precision oracle (tests/attention/oracle.h): out within the SPEC section 4
-// bound, the cache byte for byte. In malformed mode the metadata, parameters,
+// bound (or, where the fuzzed scales amplify scores or values past what f32
+// can evaluate to that bound, within the oracle's f32 rounding bound), the
+// cache byte for byte. In malformed mode the metadata, parameters,
 // options or cache geometry are then mutated: Attend must either reject the
 // batch with InvalidArgument and leave cache and out untouched, or accept it
 // and agree with the oracle.
@@ -41,6 +43,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -172,9 +175,20 @@ void CheckCall(TestBatch* batch, const Case& input, runtime::Executor* executor,
     Fail("out has " + std::to_string(tensors.out.size()) + " floats, oracle " +
          std::to_string(expected.out.size()));
   }
+  // The SPEC 4 bound holds for inputs in its domain (uniform or standard
+  // normal) with parameters that do not scale scores or values up. The
+  // fuzzer also draws sm_scale, k_scale and v_scale up to ~4; where they
+  // amplify, the scores reach a few hundred and f32 itself cannot meet that
+  // bound, so out is held to the oracle's f32 rounding bound there.
+  const AttentionParams& params = input.params;
+  const bool amplified =
+      std::fabs(params.sm_scale) * params.k_scale.value_or(1.0F) > 1.0F ||
+      params.v_scale.value_or(1.0F) > 1.0F;
   const testutil::Comparison comparison = testutil::CompareOutputs(
       tensors.out, expected.out, input.metadata.shape.num_q_heads,
-      input.metadata.shape.head_dim);
+      input.metadata.shape.head_dim, /*tolerance=*/1e-4,
+      amplified ? std::span<const double>(expected.f32_rounding_bound)
+                : std::span<const double>());
   if (!comparison.ok) {
     Fail(std::to_string(comparison.num_bad) + " outputs off, first " +
          comparison.first_bad);

@@ -55,6 +55,29 @@ std::pair<std::size_t, std::size_t> Locate(const OracleInput& input,
           static_cast<std::size_t>(position % geometry.page_size)};
 }
 
+// Higham's gamma_n = n u / (1 - n u), u = 2^-24: the relative error bound of
+// n rounded f32 operations in sequence.
+double Gamma(std::size_t n) {
+  const double nu = static_cast<double>(n) * 0x1p-24;
+  return nu / (1.0 - nu);
+}
+
+// A first-order bound on the relative error of every softmax weight w_b, and
+// of the sum over b of w_b v_b, when SPEC section 2 is evaluated in f32:
+// each score s_b is a D-term dot product, scaled (and perhaps capped, tanh
+// being 1-Lipschitz), so |ds_b| <= delta_s = gamma_{D+8} * max_abs_terms +
+// 8 u max|s|; exp(s_b - max) then carries 2 delta_s + 8 u, the
+// normalisation by the kv_len-term sum doubles that and adds
+// 2 gamma_{kv_len+2}, and the weighted sum of values adds gamma_{kv_len+2}.
+// Scaled by sum_b w_b |v_b| it bounds the error of out.
+double WeightRelativeError(std::size_t head_dim, std::size_t kv_len,
+                           double max_abs_terms, double max_abs_score) {
+  constexpr double kUnit = 0x1p-24;
+  const double score_error =
+      Gamma(head_dim + 8) * max_abs_terms + 8 * kUnit * max_abs_score;
+  return 4 * score_error + 16 * kUnit + 3 * Gamma(kv_len + 2);
+}
+
 }  // namespace
 
 OracleOutput RunOracle(const OracleInput& input) {
@@ -92,6 +115,7 @@ OracleOutput RunOracle(const OracleInput& input) {
   result.cache.assign(cache.data, cache.data + CacheBytes(cache));
   result.out.assign(
       static_cast<std::size_t>(used_tokens) * num_q_heads * head_dim, 0.0);
+  result.f32_rounding_bound.assign(result.out.size(), 0.0);
 
   // Step 1: the fused cache write, every new token of every processed
   // sequence, window or not.
@@ -172,6 +196,10 @@ OracleOutput RunOracle(const OracleInput& input) {
           const auto token = static_cast<std::size_t>(q_begin + a);
           const float* q_row = &input.q[(token * num_q_heads + qh) * head_dim];
           double max_score = -std::numeric_limits<double>::infinity();
+          // For the f32 rounding bound: the largest sum_d |q_d k_d| times
+          // |score_scale| and the largest |score| over the visible keys.
+          double max_abs_terms = 0;
+          double max_abs_score = 0;
           for (std::int64_t b = 0; b < kv_len; ++b) {
             const bool visible =
                 (!params.causal || b <= p) &&
@@ -183,9 +211,15 @@ OracleOutput RunOracle(const OracleInput& input) {
               continue;
             }
             double dot = 0;
+            double abs_terms = 0;
             for (std::size_t d = 0; d < head_dim; ++d) {
-              dot += static_cast<double>(q_row[d]) * keys[bi * head_dim + d];
+              const double term =
+                  static_cast<double>(q_row[d]) * keys[bi * head_dim + d];
+              dot += term;
+              abs_terms += std::fabs(term);
             }
+            max_abs_terms =
+                std::max(max_abs_terms, abs_terms * std::fabs(score_scale));
             double score = dot * score_scale;
             if (params.soft_cap.has_value()) {
               const auto cap = static_cast<double>(*params.soft_cap);
@@ -193,6 +227,7 @@ OracleOutput RunOracle(const OracleInput& input) {
             }
             scores[bi] = score;
             max_score = std::max(max_score, score);
+            max_abs_score = std::max(max_abs_score, std::fabs(score));
           }
           double* out_row = &result.out[(token * num_q_heads + qh) * head_dim];
           // A NaN score (a NaN the row can see: allowed in cached data of
@@ -219,15 +254,24 @@ OracleOutput RunOracle(const OracleInput& input) {
               sum += scores[bi];
             }
           }
+          double* bound_row =
+              &result.f32_rounding_bound[(token * num_q_heads + qh) * head_dim];
           for (std::int64_t b = 0; b < kv_len; ++b) {
             const auto bi = static_cast<std::size_t>(b);
             if (scores[bi] == 0) continue;
             const double weight = scores[bi] / sum;
             for (std::size_t d = 0; d < head_dim; ++d) {
               out_row[d] += weight * values[bi * head_dim + d];
+              bound_row[d] += weight * std::fabs(values[bi * head_dim + d]);
             }
           }
-          for (std::size_t d = 0; d < head_dim; ++d) out_row[d] *= v_scale;
+          const double weight_error =
+              WeightRelativeError(head_dim, static_cast<std::size_t>(kv_len),
+                                  max_abs_terms, max_abs_score);
+          for (std::size_t d = 0; d < head_dim; ++d) {
+            out_row[d] *= v_scale;
+            bound_row[d] *= std::fabs(v_scale) * weight_error;
+          }
         }
       }
     }
@@ -238,8 +282,17 @@ OracleOutput RunOracle(const OracleInput& input) {
 Comparison CompareOutputs(std::span<const float> actual,
                           std::span<const double> expected,
                           std::uint32_t num_q_heads, std::uint32_t head_dim,
-                          double tolerance) {
+                          double tolerance,
+                          std::span<const double> rounding_bound) {
   Comparison result;
+  if (!rounding_bound.empty() && rounding_bound.size() != expected.size()) {
+    result.ok = false;
+    result.num_bad = 1;
+    result.first_bad = "rounding bound size " +
+                       std::to_string(rounding_bound.size()) +
+                       " != expected size " + std::to_string(expected.size());
+    return result;
+  }
   if (actual.size() != expected.size()) {
     result.ok = false;
     result.num_bad = 1;
@@ -251,7 +304,9 @@ Comparison CompareOutputs(std::span<const float> actual,
     const double got = static_cast<double>(actual[i]);
     const double error = std::fabs(got - expected[i]);
     const double scaled = error / (1.0 + std::fabs(expected[i]));
-    const bool bad = !(scaled <= tolerance);  // NaN is bad
+    const double allowed = rounding_bound.empty() ? 0.0 : rounding_bound[i];
+    const bool bad =  // NaN is bad
+        !(scaled <= tolerance) && !(error <= allowed);
     if (!std::isnan(error)) {
       result.max_abs_error = std::max(result.max_abs_error, error);
       result.max_scaled_error = std::max(result.max_scaled_error, scaled);
