@@ -265,9 +265,13 @@ OracleOutput RunOracle(const OracleInput& input) {
               bound_row[d] += weight * std::fabs(values[bi * head_dim + d]);
             }
           }
-          const double weight_error =
+          // A first-order bound means nothing once it reaches 1 (scores so
+          // large, e.g. sm_scale 1e30, that their order alone decides the
+          // softmax): no allowance there, only the SPEC bound.
+          double weight_error =
               WeightRelativeError(head_dim, static_cast<std::size_t>(kv_len),
                                   max_abs_terms, max_abs_score);
+          if (!(weight_error < 1.0)) weight_error = 0.0;
           for (std::size_t d = 0; d < head_dim; ++d) {
             out_row[d] *= v_scale;
             bound_row[d] *= std::fabs(v_scale) * weight_error;

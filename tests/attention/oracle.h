@@ -40,7 +40,8 @@ struct OracleOutput {
   // the kernels make), so it is for inputs scaled past SPEC 4's domain: with
   // standard-normal q, k, D = 64 and sm_scale * k_scale = 10 the scores reach
   // a few hundred, and their f32 rounding alone can move out by more than the
-  // SPEC bound. 0 for rows whose expected value is NaN.
+  // SPEC bound. 0 for rows whose expected value is NaN, and for rows where
+  // the first-order analysis breaks down (a relative weight error >= 1).
   std::vector<double> f32_rounding_bound;
 };
 
