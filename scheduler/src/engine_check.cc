@@ -12,9 +12,7 @@
 namespace rpa::scheduler {
 namespace {
 
-std::uint32_t DivideRoundUp(std::uint32_t value, std::uint32_t divisor) {
-  return value / divisor + (value % divisor != 0 ? 1 : 0);
-}
+using internal::DivideRoundUp;
 
 std::size_t CountIn(const std::vector<internal::Request*>& list,
                     const internal::Request* request) {

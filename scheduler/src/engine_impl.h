@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -27,6 +28,21 @@
 namespace rpa::scheduler {
 
 namespace internal {
+
+// A request's tokens (prompt + new) and a step's tokens stay below 2^31.
+inline constexpr std::uint32_t kMaxTokens =
+    std::numeric_limits<std::int32_t>::max();
+
+// ceil(value / divisor) for divisor > 0, without overflow.
+template <typename T>
+constexpr T DivideRoundUp(T value, T divisor) {
+  return value / divisor + (value % divisor != 0 ? 1 : 0);
+}
+
+// The number of KV pages the options give (num_pages, or kv_budget_bytes
+// over one page of every layer), or InvalidArgument naming the field and the
+// value (engine_options.cc).
+StatusOr<std::uint32_t> ValidateOptions(const EngineOptions& options);
 
 enum class PendingEnd : std::uint8_t { kNone, kFinish, kAbort };
 

@@ -13,15 +13,13 @@
 namespace rpa::scheduler {
 namespace {
 
+using internal::DivideRoundUp;
+
 using Request = internal::Request;
 
 bool HigherPriority(const Request* a, const Request* b) {
   if (a->priority != b->priority) return a->priority < b->priority;
   return a->arrival < b->arrival;
-}
-
-std::uint32_t DivideRoundUp(std::uint32_t value, std::uint32_t divisor) {
-  return value / divisor + (value % divisor != 0 ? 1 : 0);
 }
 
 }  // namespace
