@@ -94,6 +94,12 @@ struct PlanData {
   // The caller's options with the block sizes resolved (0 -> the defaults).
   PlanOptions options;
   std::vector<WorkItem> items;  // largest first
+
+  // The resolved block sizes of a flash-kernel (prefill or mixed) item.
+  const BlockSizes& flash_blocks(KernelKind kind) const {
+    return kind == KernelKind::kPrefill ? options.prefill_blocks
+                                        : options.mixed_blocks;
+  }
   // Partial slots of split sequences: for each (sequence, kv head), the
   // consecutive slots its splits write.
   struct MergeGroup {
