@@ -100,6 +100,7 @@ struct PlanData {
     return kind == KernelKind::kPrefill ? options.prefill_blocks
                                         : options.mixed_blocks;
   }
+
   // Partial slots of split sequences: for each (sequence, kv head), the
   // consecutive slots its splits write.
   struct MergeGroup {
