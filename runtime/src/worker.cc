@@ -377,8 +377,20 @@ void Worker::Idle() {
 
 bool Worker::FindWorkWhileSpinning() {
   const auto spin = executor_->options().spin;
-  if (spin <= Duration::zero() || !executor_->TryStartSpinning()) return false;
+  if (spin <= Duration::zero()) return false;
   const TimePoint deadline = Clock::now() + spin;
+  // Only some workers search at once (TryStartSpinning). Another one, if a
+  // fiber of its own is blocked, watches its inbox and ring meanwhile, where
+  // another thread may wake that fiber any moment (the other side of a
+  // channel hand-off, a join): parking would add a wake-up (microseconds on
+  // a VM) to every such round trip. It starts searching when a searcher
+  // stops, and parks when the spin time is over.
+  for (std::uint32_t i = 1; !executor_->TryStartSpinning(); ++i) {
+    if (blocked.Get() == 0 || executor_->draining()) return false;
+    if (Maintain()) return true;
+    if (i % 16 == 0 && Clock::now() >= deadline) return false;
+    CpuRelax();
+  }
   bool found = false;
   for (std::uint32_t i = 1;; ++i) {
     if (Maintain()) {
@@ -392,7 +404,7 @@ bool Worker::FindWorkWhileSpinning() {
       found = true;
       break;
     }
-    if (executor_->stopping()) break;
+    if (executor_->draining()) break;
     if (i % 16 == 0 && Clock::now() >= deadline) break;
     CpuRelax();
   }
