@@ -40,8 +40,12 @@ struct OracleOutput {
   // the kernels make), so it is for inputs scaled past SPEC 4's domain: with
   // standard-normal q, k, D = 64 and sm_scale * k_scale = 10 the scores reach
   // a few hundred, and their f32 rounding alone can move out by more than the
-  // SPEC bound. 0 for rows whose expected value is NaN, and for rows where
-  // the first-order analysis breaks down (a relative weight error >= 1).
+  // SPEC bound. 0 for rows whose expected value is NaN. Where the
+  // first-order analysis breaks down (a relative weight error >= 1: scores
+  // so large that f32 rounding decides which weights survive, e.g. a soft
+  // cap whose tanh rounds to exactly 1 for several keys), any softmax of the
+  // visible keys is a possible f32 result: the bound is then the distance
+  // from the expected value to the farthest visible value.
   std::vector<double> f32_rounding_bound;
 };
 
