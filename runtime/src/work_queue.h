@@ -197,6 +197,7 @@ template <typename Node, template <typename> class Atom = std::atomic>
 class IntrusiveStack {
  public:
   void Push(Node* node) {
+    __builtin_prefetch(&head_, 1);  // read, then CAS: fetch it owned at once
     Node* head = head_.load(std::memory_order_relaxed);
     do {
       node->next = head;
