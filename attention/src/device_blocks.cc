@@ -10,6 +10,7 @@
 #include "building_blocks.h"
 
 #include "rpa/memory/storage_type.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::attention::internal {
 
@@ -28,10 +29,6 @@ constexpr std::uint32_t kFlashRowsPerBlock = 1024;
 constexpr std::uint32_t kFlashKvTokensPerBlock = 512;
 constexpr std::uint32_t kFlashMaxComputeTokens = 512;
 
-std::uint32_t CeilDiv(std::uint64_t a, std::uint64_t b) {
-  return static_cast<std::uint32_t>((a + b - 1) / b);
-}
-
 // What the defaults and the layout need to know about one range.
 struct RangeShape {
   std::uint32_t num_sequences = 0;
@@ -46,8 +43,9 @@ std::array<RangeShape, kNumRanges> ShapeRanges(const ValidatedBatch& batch) {
     RangeShape& shape = shapes[span.range];
     ++shape.num_sequences;
     shape.max_q_len = std::max(shape.max_q_len, span.q_len);
-    shape.max_pages = std::max(
-        shape.max_pages, CeilDiv(static_cast<std::uint64_t>(span.kv_len), ps));
+    shape.max_pages =
+        std::max(shape.max_pages,
+                 DivideRoundUp(static_cast<std::uint32_t>(span.kv_len), ps));
   }
   return shapes;
 }
@@ -74,16 +72,17 @@ DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
     // done, so a short block between two long ones leaves the next long
     // one's issue latency exposed.
     const std::uint32_t max_pages = std::max(1U, range.max_pages);
-    const std::uint32_t num_blocks = CeilDiv(max_pages, wanted_pages);
-    blocks.kv_pages_per_block = CeilDiv(max_pages, num_blocks);
+    const std::uint32_t num_blocks = DivideRoundUp(max_pages, wanted_pages);
+    blocks.kv_pages_per_block = DivideRoundUp(max_pages, num_blocks);
     blocks.compute_kv_tokens =
         std::min(blocks.kv_pages_per_block * ps, kDecodeMaxComputeTokens);
   } else {
     blocks.q_tokens_per_block = std::clamp<std::uint32_t>(
         kFlashRowsPerBlock / batch.group_size, 1,
         static_cast<std::uint32_t>(std::max(1, range.max_q_len)));
-    blocks.kv_pages_per_block = std::clamp(CeilDiv(kFlashKvTokensPerBlock, ps),
-                                           1U, std::max(1U, range.max_pages));
+    blocks.kv_pages_per_block =
+        std::clamp(DivideRoundUp(kFlashKvTokensPerBlock, ps), 1U,
+                   std::max(1U, range.max_pages));
     blocks.compute_kv_tokens =
         std::min(blocks.kv_pages_per_block * ps, kFlashMaxComputeTokens);
   }

@@ -8,6 +8,7 @@
 
 #include "rpa/memory/storage_type.h"
 #include "rpa/runtime/executor.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::attention::internal {
 
@@ -166,7 +167,8 @@ void ScheduleRunner::StartKvFetch(const DeviceStep& step, KeySpan keys,
       static_cast<std::size_t>(
           std::ceil(descriptor_ns / std::max(1.0, spec.dma_issue_latency_ns))),
       1, std::min(max_transfers, chunks.size()));
-  const std::size_t per_transfer = (chunks.size() + transfers - 1) / transfers;
+  const std::size_t per_transfer =
+      DivideRoundUp<std::size_t>(chunks.size(), transfers);
   const device::VmemBuffer& vmem =
       in_.buffers.kv[static_cast<std::size_t>(slot)];
   for (std::size_t first = 0; first < chunks.size(); first += per_transfer) {

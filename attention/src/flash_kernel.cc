@@ -37,6 +37,7 @@
 
 #include "rpa/attention/storage_convert.h"
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::attention::internal {
 namespace {
@@ -79,10 +80,6 @@ thread_local Scratch t_scratch;
 
 constexpr float kLog2E = 1.44269504088896341F;
 constexpr float kLn2 = 0.693147180559945309F;
-
-constexpr std::size_t RoundUp(std::size_t value, std::size_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
 
 // Converts one row of n stored elements to f32. F16C and the bf16 shift are
 // inlined here (the tile loads run once per kv block and query block, and a
@@ -218,7 +215,7 @@ void RunQueryBlock(const QueryBlock& block) {
   const std::size_t num_q_heads = batch.shape.num_q_heads;
   const std::size_t num_rows =
       static_cast<std::size_t>(block.a_end - block.a_begin) * group;
-  const std::size_t num_panels = (num_rows + kPanelRows - 1) / kPanelRows;
+  const std::size_t num_panels = DivideRoundUp(num_rows, kPanelRows);
   const std::size_t kv_block = static_cast<std::size_t>(block.kv_block_tokens);
   const std::int32_t gap = seq.kv_len - seq.q_len;
   const std::int32_t* pages = batch.page_indices.data() + seq.page_row;
@@ -227,7 +224,8 @@ void RunQueryBlock(const QueryBlock& block) {
   // blocks, so they stay in the 512 KiB L2 next to the K/V tiles), row
   // states, one score panel (L1) and the K/V tiles.
   const std::size_t panel_floats = head_dim * kPanelRows;
-  const std::size_t tile_floats = RoundUp(kv_block * head_dim, 16);
+  const std::size_t tile_floats =
+      RoundUpToMultiple<std::size_t>(kv_block * head_dim, 16);
   float* q_panels = t_scratch.Get(2 * num_panels * panel_floats +
                                   2 * num_panels * kPanelRows + kPanelRows +
                                   kv_block * kPanelRows + 2 * tile_floats);

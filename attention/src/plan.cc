@@ -20,6 +20,8 @@
 #include "plan_data.h"
 #include "validate.h"
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::attention {
 
 using internal::PlanData;
@@ -179,7 +181,7 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
                        static_cast<std::uint32_t>(ps)) *
                        ps);
   const std::size_t max_splits_per_item =
-      (target + items->size() - 1) / items->size();
+      DivideRoundUp<std::size_t>(target, items->size());
 
   std::vector<WorkItem>& result = data->split_items;
   result.clear();
@@ -197,9 +199,9 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
     cuts.clear();
     cuts.push_back(item.kv_begin);
     if (wanted >= 2) {
-      std::int32_t chunk = (length + static_cast<std::int32_t>(wanted) - 1) /
-                           static_cast<std::int32_t>(wanted);
-      chunk = std::max(min_chunk, (chunk + ps - 1) / ps * ps);
+      std::int32_t chunk =
+          DivideRoundUp(length, static_cast<std::int32_t>(wanted));
+      chunk = std::max(min_chunk, RoundUpToMultiple(chunk, ps));
       for (std::int32_t cut = item.kv_begin / ps * ps + chunk;
            cut < item.kv_end; cut += chunk) {
         if (cut > item.kv_begin) cuts.push_back(cut);
@@ -209,11 +211,10 @@ void SplitDecodeItems(const ValidatedBatch& batch, const PlanOptions& options,
     const auto num_pieces = static_cast<std::int32_t>(cuts.size() - 1);
     // Head groups for what the KV split could not provide.
     const std::size_t wanted_head_groups = std::min<std::size_t>(
-        item.num_kv_heads,
-        (max_splits_per_item + static_cast<std::size_t>(num_pieces) - 1) /
-            static_cast<std::size_t>(num_pieces));
+        item.num_kv_heads, DivideRoundUp(max_splits_per_item,
+                                         static_cast<std::size_t>(num_pieces)));
     const std::uint32_t heads_per_group = static_cast<std::uint32_t>(
-        (item.num_kv_heads + wanted_head_groups - 1) / wanted_head_groups);
+        DivideRoundUp<std::size_t>(item.num_kv_heads, wanted_head_groups));
     std::int32_t first_partial = -1;
     if (num_pieces > 1) {
       first_partial = data->num_partials;

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::attention::internal {
 namespace {
 
@@ -447,7 +449,7 @@ Status ValidateBatchInto(const BatchMetadata& metadata,
       return Invalid(fmt::format("sequence {}: q_len = {} > kv_lens[{}] = {}",
                                  i, q_len, i, kv_len));
     }
-    const std::int64_t pages = (kv_len + ps - 1) / ps;
+    const std::int64_t pages = DivideRoundUp<std::int64_t>(kv_len, ps);
     if (pages > pps) {
       return Invalid(fmt::format(
           "kv_lens[{}] = {} needs {} pages but pages_per_sequence = {}", i,

@@ -13,6 +13,7 @@
 #include "fmt/format.h"
 
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 #include "rpa/runtime/sanitizers.h"
 
 namespace rpa::device::internal {
@@ -57,8 +58,7 @@ VmemArena::~VmemArena() {
 
 std::uint64_t VmemArena::Rounded(std::uint64_t bytes) {
   if (bytes > UINT64_MAX - (kVmemGranuleBytes - 1)) return UINT64_MAX;
-  return (bytes + kVmemGranuleBytes - 1) / kVmemGranuleBytes *
-         kVmemGranuleBytes;
+  return RoundUpToMultiple<std::uint64_t>(bytes, kVmemGranuleBytes);
 }
 
 std::uint64_t VmemArena::largest_free_extent_bytes() const {

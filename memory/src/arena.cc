@@ -22,6 +22,7 @@
 #include "mimalloc_api.h"
 
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 #include "rpa/runtime/sanitizers.h"
 
 namespace rpa::memory {
@@ -48,10 +49,6 @@ constexpr std::size_t kMaxRegionBytes = std::size_t{1} << 62;
 constexpr std::size_t kMaxMetadataBytes = std::size_t{1} << 60;
 constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
 constexpr std::size_t kOsPageBytes = 4096;
-
-std::uint64_t DivideRoundUp(std::uint64_t value, std::uint64_t divisor) {
-  return value / divisor + (value % divisor != 0 ? 1 : 0);
-}
 
 // Rounds a block count up to a number with at most 3 significant bits (1..8,
 // 10, 12, 14, 16, 20, ...): at most 25% more address space, and the pool

@@ -23,6 +23,7 @@
 #include "rpa/memory/arena.h"
 #include "rpa/memory/page_allocator.h"
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::memory {
 namespace {
@@ -49,10 +50,6 @@ struct Slot {
   std::uint32_t next_free = kNoSlot;  // free-list link while !live
   std::pmr::vector<PageId> pages;     // ceil(length / page_size_tokens) entries
 };
-
-std::uint64_t DivideRoundUp(std::uint64_t value, std::uint64_t divisor) {
-  return value / divisor + (value % divisor != 0 ? 1 : 0);
-}
 
 SequenceId MakeSequenceId(std::uint32_t slot, std::uint32_t generation) {
   return static_cast<SequenceId>(std::uint64_t{generation} << 32 | slot);

@@ -6,6 +6,8 @@
 
 #include "page_pool.h"  // IWYU pragma: keep
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::memory::internal {
 
 namespace page_pool_detail {
@@ -31,7 +33,7 @@ template <typename Slot>
 std::size_t SlotStride(std::uint32_t capacity) {
   const std::size_t per_line =
       std::max<std::size_t>(1, kCacheLineBytes / sizeof(Slot));
-  return (capacity + per_line - 1) / per_line * per_line;
+  return RoundUpToMultiple<std::size_t>(capacity, per_line);
 }
 
 }  // namespace page_pool_detail

@@ -10,6 +10,7 @@
 #include <boost/context/detail/fcontext.hpp>
 
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 #include "rpa/runtime/sanitizers.h"
 
 namespace rpa::runtime::internal {
@@ -25,10 +26,6 @@ std::size_t PageBytes() {
   return page;
 }
 
-std::size_t RoundUp(std::size_t bytes, std::size_t to) {
-  return (bytes + to - 1) / to * to;
-}
-
 void TrampolineAdapter(ctx::transfer_t transfer) {
   Fiber::Trampoline(transfer.fctx, transfer.data);
 }
@@ -39,7 +36,7 @@ void TrampolineAdapter(ctx::transfer_t transfer) {
 // ---------------------------------------------------------------
 
 StackPool::StackPool(std::size_t stack_bytes)
-    : stack_bytes_(RoundUp(stack_bytes, PageBytes())) {}
+    : stack_bytes_(RoundUpToMultiple(stack_bytes, PageBytes())) {}
 
 StackPool::~StackPool() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -63,7 +60,7 @@ Stack StackPool::Allocate() {
     ++mapped_;
   }
   Stack stack;
-  stack.guard_bytes = RoundUp(kGuardBytes, PageBytes());
+  stack.guard_bytes = RoundUpToMultiple(kGuardBytes, PageBytes());
   stack.mapping_bytes = stack.guard_bytes + stack_bytes_;
   // MAP_NORESERVE: only touched pages cost memory, so generous stacks are
   // cheap.

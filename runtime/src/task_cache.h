@@ -28,6 +28,8 @@
 #include <new>
 #include <vector>
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::runtime::internal {
 
 inline constexpr std::size_t kTaskClassBytes = 64;
@@ -35,7 +37,7 @@ inline constexpr std::size_t kNumTaskClasses = 4;  // up to 256 bytes
 
 // The size class of a block of `bytes`, or kNumTaskClasses if it has none.
 inline std::size_t TaskClassOf(std::size_t bytes) {
-  const std::size_t c = (bytes + kTaskClassBytes - 1) / kTaskClassBytes;
+  const std::size_t c = DivideRoundUp(bytes, kTaskClassBytes);
   return c == 0 ? 0 : (c <= kNumTaskClasses ? c - 1 : kNumTaskClasses);
 }
 inline std::size_t TaskClassBytes(std::size_t task_class) {

@@ -19,6 +19,7 @@
 #include "rpa/attention/device_run.h"
 #include "rpa/attention/plan.h"
 #include "rpa/memory/kv_cache.h"
+#include "rpa/runtime/int_math.h"
 #include "rpa/scheduler/selector.h"
 #include "rpa/scheduler/synthetic_model.h"
 
@@ -53,7 +54,7 @@ StatusOr<StepReplay> ReplayStep(const DemoConfig& config,
   std::uint32_t pages = 1;
   std::int32_t num_tokens = 0;
   for (std::size_t i = 0; i < num_seqs; ++i) {
-    pages += (static_cast<std::uint32_t>(step.kv_lens[i]) + ps - 1) / ps;
+    pages += DivideRoundUp(static_cast<std::uint32_t>(step.kv_lens[i]), ps);
     num_tokens += step.q_lens[i];
   }
   RPA_ASSIGN_OR_RETURN(std::unique_ptr<memory::KvCache> cache,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "rpa/attention/storage_convert.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::scheduler {
 namespace {
@@ -180,8 +181,8 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
   std::int32_t total_tokens = 0;
   w->cu_q_lens_.push_back(0);
   for (const WorkloadSequence& s : spec.sequences) {
-    auto pages =
-        (static_cast<std::uint32_t>(s.kv_len) + page_size - 1) / page_size;
+    const std::uint32_t pages =
+        DivideRoundUp(static_cast<std::uint32_t>(s.kv_len), page_size);
     pages_per_seq = std::max(pages_per_seq, pages);
     total_pages += pages;
     total_tokens += s.q_len;
@@ -201,9 +202,8 @@ StatusOr<std::unique_ptr<AttentionWorkload>> AttentionWorkload::Create(
   w->page_indices_.assign(num_seqs * pages_per_seq, 0);
   std::size_t next_page = 0;
   for (std::size_t i = 0; i < num_seqs; ++i) {
-    auto pages =
-        (static_cast<std::size_t>(spec.sequences[i].kv_len) + page_size - 1) /
-        page_size;
+    const std::size_t pages = DivideRoundUp<std::size_t>(
+        static_cast<std::size_t>(spec.sequences[i].kv_len), page_size);
     for (std::size_t p = 0; p < pages; ++p) {
       w->page_indices_[i * pages_per_seq + p] = permutation[next_page++];
     }

@@ -170,7 +170,7 @@ Status Engine::Impl::AddRequest(RequestId id,
         id, prompt.size(), max_new_tokens));
   }
   const std::uint64_t most_pages =
-      internal::DivideRoundUp<std::uint64_t>(most_tokens, page_size_);
+      DivideRoundUp<std::uint64_t>(most_tokens, page_size_);
   if (most_pages > num_pages_) {
     return InvalidArgumentError(fmt::format(
         "request {}: prompt of {} tokens + max_new_tokens {} needs up to {} "

@@ -12,8 +12,6 @@
 namespace rpa::scheduler {
 namespace {
 
-using internal::DivideRoundUp;
-
 std::size_t CountIn(const std::vector<internal::Request*>& list,
                     const internal::Request* request) {
   return static_cast<std::size_t>(

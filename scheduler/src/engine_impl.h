@@ -22,6 +22,7 @@
 #include "rpa/device/device_spec.h"
 #include "rpa/memory/kv_cache.h"
 #include "rpa/runtime/executor.h"
+#include "rpa/runtime/int_math.h"
 #include "rpa/scheduler/engine.h"
 #include "rpa/scheduler/selector.h"
 
@@ -32,12 +33,6 @@ namespace internal {
 // A request's tokens (prompt + new) and a step's tokens stay below 2^31.
 inline constexpr std::uint32_t kMaxTokens =
     std::numeric_limits<std::int32_t>::max();
-
-// ceil(value / divisor) for divisor > 0, without overflow.
-template <typename T>
-constexpr T DivideRoundUp(T value, T divisor) {
-  return value / divisor + (value % divisor != 0 ? 1 : 0);
-}
 
 // The number of KV pages the options give (num_pages, or kv_budget_bytes
 // over one page of every layer), or InvalidArgument naming the field and the

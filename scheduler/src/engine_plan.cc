@@ -13,8 +13,6 @@
 namespace rpa::scheduler {
 namespace {
 
-using internal::DivideRoundUp;
-
 using Request = internal::Request;
 
 bool HigherPriority(const Request* a, const Request* b) {

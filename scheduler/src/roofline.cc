@@ -16,6 +16,8 @@
 
 #include "roofline_kernels.h"
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::scheduler {
 namespace internal {
 
@@ -175,7 +177,7 @@ StatusOr<ReadBandwidthProbe> ReadBandwidthProbe::Create(
   // slices use total_words of it.
   constexpr std::size_t kPageBytes = 4096;
   const std::size_t alloc_bytes =
-      (total_words * 8 + kPageBytes - 1) / kPageBytes * kPageBytes;
+      RoundUpToMultiple(total_words * 8, kPageBytes);
   impl->buffer.reset(
       static_cast<std::uint64_t*>(std::aligned_alloc(kPageBytes, alloc_bytes)));
   if (impl->buffer == nullptr) {

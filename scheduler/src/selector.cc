@@ -6,14 +6,12 @@
 #include <span>
 #include <utility>
 
+#include "rpa/runtime/int_math.h"
+
 namespace rpa::scheduler {
 namespace {
 
 using attention::KernelKind;
-
-constexpr std::uint32_t RoundUp(std::uint32_t value, std::uint32_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
 
 // What one range of the distribution holds.
 struct RangeShape {
@@ -58,8 +56,8 @@ void DeviceFallback(KernelKind kernel, const TuningKey& key,
     choice->compute_kv_tokens =
         std::min<std::uint32_t>(512, choice->kv_tokens_per_block);
   } else {
-    choice->q_tokens_per_block =
-        std::min<std::uint32_t>(256, RoundUp(std::max(key.max_q_len, 1U), 8));
+    choice->q_tokens_per_block = std::min<std::uint32_t>(
+        256, RoundUpToMultiple(std::max(key.max_q_len, 1U), 8U));
     choice->kv_tokens_per_block = std::max(page, 512 / page * page);
     choice->compute_kv_tokens =
         std::min<std::uint32_t>(256, choice->kv_tokens_per_block);
@@ -242,7 +240,7 @@ Selection KernelSelector::Select(const attention::BatchMetadata& metadata,
       const std::uint32_t q_limit =
           choice.kernel == KernelKind::kDecode
               ? described.num_sequences
-              : RoundUp(std::max(described.max_q_len, 1U), 8);
+              : RoundUpToMultiple(std::max(described.max_q_len, 1U), 8U);
       choice.q_tokens_per_block =
           std::clamp(choice.q_tokens_per_block, 1U, q_limit);
       if (choice.compute_kv_tokens == 0) {

@@ -8,16 +8,13 @@
 
 #include "rpa/attention/storage_convert.h"
 #include "rpa/runtime/check.h"
+#include "rpa/runtime/int_math.h"
 
 namespace rpa::attention::testutil {
 namespace {
 
 using memory::StorageBytes;
 using memory::StorageType;
-
-std::int32_t CeilDiv(std::int32_t a, std::int32_t b) {
-  return static_cast<std::int32_t>((static_cast<std::int64_t>(a) + b - 1) / b);
-}
 
 class ValueSource {
  public:
@@ -160,7 +157,7 @@ TestBatch BuildBatch(const BatchSpec& spec) {
     RPA_CHECK(seq.q_len >= 0 && seq.q_len <= seq.kv_len);
     batch.kv_lens.push_back(seq.kv_len);
     batch.cu_q_lens.push_back(batch.cu_q_lens.back() + seq.q_len);
-    const std::int32_t pages = CeilDiv(seq.kv_len, ps);
+    const std::int32_t pages = DivideRoundUp(seq.kv_len, ps);
     max_pages = std::max(max_pages, pages);
     total_pages += pages;
   }
@@ -198,7 +195,7 @@ TestBatch BuildBatch(const BatchSpec& spec) {
                             batch.pages_per_sequence);
   for (std::int32_t i = 0; i < num_seqs; ++i) {
     const std::int32_t pages =
-        CeilDiv(spec.sequences[static_cast<std::size_t>(i)].kv_len, ps);
+        DivideRoundUp(spec.sequences[static_cast<std::size_t>(i)].kv_len, ps);
     for (std::uint32_t p = 0; p < batch.pages_per_sequence; ++p) {
       const std::size_t entry =
           static_cast<std::size_t>(i) * batch.pages_per_sequence + p;
