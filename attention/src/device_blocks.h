@@ -6,6 +6,8 @@
 // steps (one KV block of one sequence against the query rows of one Q block).
 // Everything here is decided before the device exists, so a bad choice is an
 // InvalidArgument before anything is written. Private to attention/.
+// The walk (BuildDeviceWalk) is in device_walk.cc, the rest in
+// device_blocks.cc.
 //
 // Default block sizes (a field the caller left 0), attention/README.md has
 // the reasoning:

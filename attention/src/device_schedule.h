@@ -1,7 +1,9 @@
 #pragma once
 
 // The dynamic half of RunOnDevice: the walk's steps as cooperative tasks on
-// the device's virtual-clock executor. Private to attention/.
+// the device's virtual-clock executor. Private to attention/. The DMAs and
+// the serial schedule are in device_schedule.cc, the pipelined tasks in
+// device_schedule_pipelined.cc.
 //
 // DMAs of a step (HBM <-> VMEM), one descriptor per page run:
 //   Q         the Q block's rows of q (one chunk), when a Q block starts
