@@ -88,7 +88,6 @@ DeviceBlockSizes DefaultBlocks(KernelKind kernel, const RangeShape& range,
   return blocks;
 }
 
-// The layout one range alone needs.
 // The buffers one range needs (its Q block, KV block, staging and tiles).
 VmemLayout RangeLayout(const BatchShape& shape, memory::StorageType storage,
                        std::uint32_t page_size_tokens,
