@@ -208,16 +208,17 @@ class Worker {
   bool Maintain();
   bool DrainInbox();
   bool ShouldLeaveLoop();
-  void Idle();
-  void IdleDriver();
   bool HasTaskHint() const;
-  bool FindWorkWhileSpinning();
-  void Park();
   void Switch(Fiber* to);
   void SwitchAndIdle(Fiber* to);
   void RunPostSwitch();
   Fiber* TakeIdleFiber();
   void DestroyFiber(Fiber* fiber);
+  // worker_idle.cc: the loop found nothing to run.
+  void Idle();
+  void IdleDriver();
+  bool FindWorkWhileSpinning();
+  void Park();
 
   static constexpr std::size_t kMaxStealBatch = 128;
   static constexpr int kMaxReadyStreak = 16;

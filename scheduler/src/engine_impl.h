@@ -2,7 +2,8 @@
 
 // Engine::Impl: the state of one engine and its private operations. The
 // public calls (engine.cc) validate and then call into the scheduling
-// (engine_plan.cc) and bookkeeping (engine_requests.cc) parts here.
+// (engine_plan.cc), step (engine_step.cc) and bookkeeping
+// (engine_requests.cc) parts here.
 // scheduler/README.md, "The engine", states the states and invariants.
 
 #include <chrono>
@@ -33,6 +34,14 @@ namespace internal {
 // A request's tokens (prompt + new) and a step's tokens stay below 2^31.
 inline constexpr std::uint32_t kMaxTokens =
     std::numeric_limits<std::int32_t>::max();
+
+// The time since `start` on the steady clock, for the stats' *_ns fields
+// (engine.cc and engine_step.cc).
+inline std::int64_t NanosSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now() - start)
+      .count();
+}
 
 // The number of KV pages the options give (num_pages, or kv_budget_bytes
 // over one page of every layer), or InvalidArgument naming the field and the
@@ -94,11 +103,6 @@ class Engine::Impl {
   Status Init(std::uint32_t num_pages);
   Status AddRequest(RequestId id, std::span<const std::int32_t> prompt,
                     std::uint32_t max_new_tokens, const RequestOptions& opts);
-  Status Attend(std::uint32_t layer, std::span<const float> q,
-                std::span<const float> k, std::span<const float> v,
-                std::span<float> out);
-  Status Commit(std::span<const std::int32_t> sampled_tokens);
-  Status DiscardStep();
   Status End(RequestId id, internal::PendingEnd kind);
   StatusOr<RequestInfo> GetRequest(RequestId id) const;
   StatusOr<std::span<const std::int32_t>> RequestTokens(RequestId id) const;
@@ -109,6 +113,13 @@ class Engine::Impl {
 
   // engine_plan.cc
   StatusOr<const StepPlan*> Plan();
+
+  // engine_step.cc
+  Status Attend(std::uint32_t layer, std::span<const float> q,
+                std::span<const float> k, std::span<const float> v,
+                std::span<float> out);
+  Status Commit(std::span<const std::int32_t> sampled_tokens);
+  Status DiscardStep();
 
   const EngineOptions& options() const { return options_; }
   void AddPlanTime(std::uint64_t ns) { stats_.plan_ns += ns; }
