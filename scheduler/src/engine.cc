@@ -6,8 +6,9 @@
 #include "rpa/scheduler/engine.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
+#include <chrono>
+#include <cmath>
 #include <new>
 #include <string>
 #include <utility>
