@@ -1,7 +1,8 @@
 #pragma once
 
 // PagePool<Atom>: the lock-free engine behind PageAllocator. memory/README.md
-// ("Page allocator") describes the protocol; this file carries the proofs.
+// ("Page allocator") describes the protocol; this file and
+// page_pool_primitives.h (the deque and stack) carry the proofs.
 //
 // Templated on the atomic type so tests can run this exact code under a
 // deterministic, seeded schedule (tests/support/deterministic_schedule.h);
@@ -29,14 +30,13 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
-#include <memory_resource>
-#include <mutex>
 #include <new>
 #include <optional>
 #include <span>
 #include <string>
-#include <vector>
+
+#include "live_pools.h"
+#include "metadata_array.h"
 
 #include "rpa/memory/page_allocator.h"
 #include "rpa/memory/page_id.h"
@@ -57,93 +57,6 @@ inline constexpr std::uint32_t kMaxThreadCaches = 4096;
 // structure of rpa.
 template <template <typename> class Atom>
 using AtomicTraits = ::rpa::runtime::internal::AtomicTraits<Atom>;
-
-// Process-wide registry of live pools, so a thread-exit hook never touches a
-// destroyed pool. Ids are unique and never reused, which is also what lets a
-// thread's cache memo keep stale entries safely. Slow paths only.
-class LivePools {
- public:
-  static std::uint64_t Register() {  // may throw std::bad_alloc
-    State& s = Get();
-    std::lock_guard<std::mutex> lock(s.mu);
-    const std::uint64_t id = s.next_id;
-    s.live.push_back(id);  // ids increase, so `live` stays sorted
-    ++s.next_id;
-    return id;
-  }
-  static void Unregister(std::uint64_t id) noexcept {
-    State& s = Get();
-    std::lock_guard<std::mutex> lock(s.mu);
-    auto it = std::lower_bound(s.live.begin(), s.live.end(), id);
-    if (it != s.live.end() && *it == id) s.live.erase(it);
-    s.num_unregistered.fetch_add(1, std::memory_order_relaxed);
-  }
-  // How many pools were ever destroyed: a thread memo full of live pools
-  // need not be purged again until this changes.
-  static std::uint64_t NumUnregistered() noexcept {
-    return Get().num_unregistered.load(std::memory_order_relaxed);
-  }
-  static bool IsLive(std::uint64_t id) noexcept {
-    return IfLive(id, [] {});
-  }
-  // Runs fn() under the registry lock if pool `id` is alive (so it cannot be
-  // destroyed meanwhile); returns whether it ran.
-  template <typename Fn>
-  static bool IfLive(std::uint64_t id, Fn&& fn) noexcept {
-    State& s = Get();
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (!std::binary_search(s.live.begin(), s.live.end(), id)) return false;
-    fn();
-    return true;
-  }
-
- private:
-  struct State {
-    std::mutex mu;
-    std::vector<std::uint64_t> live;
-    std::uint64_t next_id = 1;  // 0 means "no pool" in the thread memo
-    std::atomic<std::uint64_t> num_unregistered{0};
-  };
-  static State& Get() noexcept {
-    // Leaked on purpose: thread-exit hooks may run after static destructors.
-    static State* const state = new State;
-    return *state;
-  }
-};
-
-// An array of T from a pmr resource, constructed element by element.
-template <typename T>
-class MetadataArray {
- public:
-  MetadataArray() = default;
-  // init(T* where, std::size_t i) constructs element i and must not throw.
-  template <typename Init>
-  MetadataArray(std::pmr::memory_resource* resource, std::size_t size,
-                std::size_t alignment, Init init)
-      : resource_(resource),
-        size_(size),
-        alignment_(std::max(alignment, alignof(T))) {
-    if (size_ == 0) return;
-    data_ = static_cast<T*>(resource_->allocate(size_ * sizeof(T), alignment_));
-    for (std::size_t i = 0; i < size_; ++i) init(data_ + i, i);
-  }
-  ~MetadataArray() {
-    if (data_ == nullptr) return;
-    std::destroy_n(data_, size_);
-    resource_->deallocate(data_, size_ * sizeof(T), alignment_);
-  }
-  MetadataArray(const MetadataArray&) = delete;
-  MetadataArray& operator=(const MetadataArray&) = delete;
-
-  T& operator[](std::size_t i) const { return data_[i]; }
-  T* data() const { return data_; }
-
- private:
-  std::pmr::memory_resource* resource_ = nullptr;
-  std::size_t size_ = 0;
-  std::size_t alignment_ = 1;
-  T* data_ = nullptr;
-};
 
 template <template <typename> class Atom>
 class PagePool {
@@ -324,179 +237,25 @@ class PagePool {
   static void ReleaseAllAtThreadExit() noexcept;
   std::uint32_t CountSlots(std::uint32_t state) const noexcept;
 
-  // ---- Chase-Lev deque ------------------------------------------------------
+  // ---- Chase-Lev deque (defined in page_pool_primitives.h) ---------------
 
-  // Owner: pushes one page at the bottom; false if the deque is full.
-  // Memory ordering: the release store of bottom publishes the slot (and the
-  // page's contents) to a thief's acquire load of bottom. top is read with
-  // acquire (here or when top_bound was last refreshed) so that a thief's
-  // read of a slot happens-before the owner overwrites it after wrapping.
-  bool TryPush(Cache& cache, std::uint32_t page) noexcept {
-    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
-    if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_))
-        [[unlikely]] {
-      cache.top_bound = cache.top.load(std::memory_order_acquire);
-      if (b - cache.top_bound >= static_cast<std::int64_t>(capacity_))
-        return false;
-    }
-    Slot(cache, b).store(page, std::memory_order_relaxed);
-    cache.bottom.store(b + 1, std::memory_order_release);
-    return true;
-  }
-
-  // Owner: pops the page at the bottom, kNilPage if empty. The owner first
-  // reserves the slot by lowering bottom, then (after a full fence) reads top:
-  // the fence forbids the store->load reordering that would let the owner and
-  // a thief, each missing the other's write, both take the last page. If the
-  // reserved slot is the only one (t == b) owner and thieves race with a CAS
-  // on top, exactly as two thieves would.
-  std::uint32_t Take(Cache& cache) noexcept {
-    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed) - 1;
-    cache.bottom.store(b, std::memory_order_relaxed);
-    Traits::ThreadFence(std::memory_order_seq_cst);
-    std::int64_t t = cache.top.load(std::memory_order_acquire);
-    if (t > b) [[unlikely]] {  // empty
-      cache.bottom.store(b + 1, std::memory_order_relaxed);
-      cache.top_bound = t;
-      return kNilPage;
-    }
-    std::uint32_t page = Slot(cache, b).load(std::memory_order_relaxed);
-    if (t == b) {
-      if (cache.top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
-                                            std::memory_order_relaxed)) {
-        ++t;
-      } else {
-        page = kNilPage;  // a thief took it; t now holds the newer top
-      }
-      cache.bottom.store(b + 1, std::memory_order_relaxed);
-      cache.top_bound = t;
-    }
-    // (With t < b the old top_bound is still a lower bound: not rewritten.)
-    return page;
-  }
-
-  // Owner: takes up to max_pages (exactly max_pages or none if `exactly`)
-  // from the top with one CAS, then hands them to sink(i, page). Reading the
-  // slots after the CAS is safe: only the owner (the caller) writes slots.
+  bool TryPush(Cache& cache, std::uint32_t page) noexcept;
+  std::uint32_t Take(Cache& cache) noexcept;
   template <typename Sink>
   std::uint32_t TakeTop(Cache& cache, std::size_t max_pages, bool exactly,
-                        Sink&& sink) noexcept {
-    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
-    std::int64_t t = cache.top.load(std::memory_order_acquire);
-    for (;;) {
-      const std::int64_t n =
-          std::min(b - t, static_cast<std::int64_t>(max_pages));
-      if (n <= 0 || (exactly && n < static_cast<std::int64_t>(max_pages))) {
-        cache.top_bound = t;
-        return 0;
-      }
-      if (cache.top.compare_exchange_weak(t, t + n, std::memory_order_acq_rel,
-                                          std::memory_order_acquire)) {
-        for (std::int64_t i = 0; i < n; ++i) {
-          sink(static_cast<std::uint32_t>(i),
-               Slot(cache, t + i).load(std::memory_order_relaxed));
-        }
-        cache.top_bound = t + n;
-        return static_cast<std::uint32_t>(n);
-      }
-    }
-  }
-
-  // Owner: pushes pages (room for them must have been checked) with one
-  // release store of bottom.
-  void PushN(Cache& cache, std::span<const PageId> pages) noexcept {
-    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
-    for (std::size_t i = 0; i < pages.size(); ++i) {
-      Slot(cache, b + static_cast<std::int64_t>(i))
-          .store(PageIndex(pages[i]), std::memory_order_relaxed);
-    }
-    cache.bottom.store(b + static_cast<std::int64_t>(pages.size()),
-                       std::memory_order_release);
-  }
-  bool HasRoom(Cache& cache, std::size_t n) noexcept {
-    const std::int64_t b = cache.bottom.load(std::memory_order_relaxed);
-    const auto limit = static_cast<std::int64_t>(capacity_ - n);
-    if (b - cache.top_bound <= limit) return true;
-    cache.top_bound = cache.top.load(std::memory_order_acquire);
-    return b - cache.top_bound <= limit;
-  }
-
+                        Sink&& sink) noexcept;
+  void PushN(Cache& cache, std::span<const PageId> pages) noexcept;
+  bool HasRoom(Cache& cache, std::size_t n) noexcept;
   enum class StealResult { kStolen, kEmpty, kLostRace };
-  // Any thread: takes the page at the top. The acquire load of bottom pairs
-  // with the owner's release store in TryPush/PushN/Refill (slot contents and
-  // page data become visible); the fence between reading top and bottom is
-  // the thief's half of the store-buffering argument in Take.
-  StealResult Steal(Cache& cache, std::uint32_t* page) noexcept {
-    std::int64_t t = cache.top.load(std::memory_order_acquire);
-    Traits::ThreadFence(std::memory_order_seq_cst);
-    const std::int64_t b = cache.bottom.load(std::memory_order_acquire);
-    if (t >= b) return StealResult::kEmpty;
-    const std::uint32_t value = Slot(cache, t).load(std::memory_order_relaxed);
-    if (!cache.top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed)) {
-      return StealResult::kLostRace;
-    }
-    *page = value;
-    return StealResult::kStolen;
-  }
+  StealResult Steal(Cache& cache, std::uint32_t* page) noexcept;
 
-  // ---- Global pool: a Treiber stack with a tagged head --------------------
+  // ---- Global pool: a tagged Treiber stack (page_pool_primitives.h) -------
 
-  // Pushes the private chain first -> ... -> last (already linked through
-  // next_) with one CAS. The release CAS publishes the links and the pages'
-  // contents; every successful CAS bumps the tag, so a stale head never
-  // compares equal (ABA).
-  void PushChain(std::uint32_t first, std::uint32_t last) noexcept {
-    std::uint64_t head = head_.load(std::memory_order_relaxed);
-    do {
-      next_[last].store(HeadIndex(head), std::memory_order_relaxed);
-    } while (!head_.compare_exchange_weak(
-        head, PackHead(first, HeadTag(head) + 1), std::memory_order_release,
-        std::memory_order_relaxed));
-  }
-
-  // Takes up to max_pages from the top with one CAS, calling sink(i, page)
-  // for each while walking: a failed CAS walks again and overwrites, and if
-  // the stack is then empty the sink's values are stale; only the returned
-  // count says which are valid. Walking
-  // nodes another thread may pop meanwhile is safe: next_ entries are atomics
-  // that only ever hold page indices or kNilPage, the walk is bounded by
-  // max_pages, and if the head (with its tag) is unchanged at the CAS then no
-  // push or pop happened since it was read, so every node walked was in the
-  // stack throughout with the links we read. The acquire load/CAS of head
-  // synchronizes with the release of every push (all later head writes are
-  // RMWs, which continue each push's release sequence), so the relaxed link
-  // reads see the pushed values. Success is also a release: Reclaim relies on
-  // a thief that sees the pop also seeing the popper's BeginTransfer.
+  void PushChain(std::uint32_t first, std::uint32_t last) noexcept;
   template <typename Sink>
-  std::uint32_t PopBatch(std::uint32_t max_pages, Sink&& sink) noexcept {
-    std::uint64_t head = head_.load(std::memory_order_acquire);
-    for (;;) {
-      std::uint32_t page = HeadIndex(head);
-      if (page == kNilPage) return 0;
-      std::uint32_t n = 0;
-      for (;;) {
-        sink(n++, page);
-        page = next_[page].load(std::memory_order_relaxed);
-        if (n == max_pages || page == kNilPage) break;
-      }
-      if (head_.compare_exchange_weak(head, PackHead(page, HeadTag(head) + 1),
-                                      std::memory_order_acq_rel,
-                                      std::memory_order_acquire)) {
-        return n;
-      }
-    }
-  }
-  std::uint32_t PopOne() noexcept {
-    std::uint32_t page = kNilPage;
-    // The sink also runs for walks whose CAS then fails: trust the count.
-    return PopBatch(1, [&](std::uint32_t, std::uint32_t p) { page = p; }) == 1
-               ? page
-               : kNilPage;
-  }
-  bool GlobalLooksEmpty() const noexcept {
-    return HeadIndex(head_.load(std::memory_order_relaxed)) == kNilPage;
-  }
+  std::uint32_t PopBatch(std::uint32_t max_pages, Sink&& sink) noexcept;
+  std::uint32_t PopOne() noexcept;
+  bool GlobalLooksEmpty() const noexcept;
 
   // ---- Moving batches, reclaiming ------------------------------------------
 
@@ -647,7 +406,8 @@ class PagePool {
 
 }  // namespace rpa::memory::internal
 
-#include "page_pool_impl.h"  // IWYU pragma: export
+#include "page_pool_impl.h"        // IWYU pragma: export
+#include "page_pool_primitives.h"  // IWYU pragma: export
 
 namespace rpa::memory::internal {
 // Instantiated once, in page_allocator.cc.
