@@ -5,12 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <map>
-#include <random>
 #include <set>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "memory/kv_cache_test_util.h"
@@ -22,7 +18,6 @@ namespace {
 
 using namespace ::rpa::memory::testing_util;  // NOLINT: test helpers
 using ::testing::AllOf;
-using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------------------
@@ -345,203 +340,6 @@ TEST(KvCacheTest, MaxSequencesIsEnforced) {
   EXPECT_EQ(cache->Stats().num_sequences, 3u);
   ASSERT_TRUE(cache->FreeSequence(a).ok());
   EXPECT_TRUE(cache->CreateSequence().ok());
-}
-
-// ---------------------------------------------------------------------------
-// ExportBatch
-
-TEST(KvCacheTest, ExportBatchWritesSpecPageTables) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId a = MustCreateSequence(*cache);
-  SequenceId empty = MustCreateSequence(*cache);
-  SequenceId b = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(a, 5).ok());   // 2 pages
-  ASSERT_TRUE(cache->Reserve(b, 17).ok());  // 5 pages
-  const std::vector<PageId> ta = Table(*cache, a);
-  const std::vector<PageId> tb = Table(*cache, b);
-  const auto idx = [](PageId page) {
-    return static_cast<std::int32_t>(PageIndex(page));
-  };
-
-  BatchPageTable out;
-  const SequenceId seqs[] = {a, empty, b};
-  ASSERT_TRUE(cache->ExportBatch(seqs, 0, &out).ok());
-  EXPECT_EQ(out.pages_per_sequence, 5u);  // the longest table
-  EXPECT_THAT(out.kv_lens, ElementsAre(5, 0, 17));
-  EXPECT_THAT(out.page_indices, ElementsAre(idx(ta[0]), idx(ta[1]), 0, 0, 0,  //
-                                            0, 0, 0, 0, 0,                    //
-                                            idx(tb[0]), idx(tb[1]), idx(tb[2]),
-                                            idx(tb[3]), idx(tb[4])));
-
-  // An explicit, larger pps pads with zeros; the vectors' capacity is reused.
-  ASSERT_TRUE(cache->ExportBatch(seqs, 8, &out).ok());
-  EXPECT_EQ(out.pages_per_sequence, 8u);
-  ASSERT_EQ(out.page_indices.size(), 24u);
-  EXPECT_EQ(out.page_indices[16], idx(tb[0]));
-  EXPECT_EQ(out.page_indices[20], idx(tb[4]));
-  EXPECT_EQ(out.page_indices[21], 0);
-  const std::int32_t* data = out.page_indices.data();
-  ASSERT_TRUE(cache->ExportBatch(seqs, 6, &out).ok());
-  EXPECT_EQ(out.page_indices.data(), data);
-
-  // Page p of sequence i is page_indices[i * pps + p] (SPEC section 2).
-  for (std::uint32_t t = 0; t < 17; ++t) {
-    EXPECT_EQ(out.page_indices[2 * 6 + t / 4], idx(tb[t / 4]));
-  }
-}
-
-TEST(KvCacheTest, ExportBatchDefaults) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  BatchPageTable out;
-  ASSERT_TRUE(cache->ExportBatch({}, 0, &out).ok());
-  EXPECT_EQ(out.pages_per_sequence, 1u);
-  EXPECT_TRUE(out.kv_lens.empty());
-  EXPECT_TRUE(out.page_indices.empty());
-
-  SequenceId empty = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->ExportBatch({&empty, 1}, 0, &out).ok());
-  EXPECT_EQ(out.pages_per_sequence, 1u);  // at least 1
-  EXPECT_THAT(out.kv_lens, ElementsAre(0));
-  EXPECT_THAT(out.page_indices, ElementsAre(0));
-}
-
-TEST(KvCacheTest, ExportBatchErrorsLeaveTheOutputAlone) {
-  auto cache = MustCreate(SmallConfig());
-  ASSERT_NE(cache, nullptr);
-  SequenceId a = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(a, 9).ok());  // 3 pages
-  BatchPageTable out{
-      .kv_lens = {42}, .page_indices = {7, 7}, .pages_per_sequence = 2};
-
-  Status status = cache->ExportBatch({&a, 1}, 2, &out);
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(),
-              AllOf(HasSubstr("pages_per_sequence 2"), HasSubstr("3 pages"),
-                    HasSubstr(IdText(a))));
-  EXPECT_THAT(out.kv_lens, ElementsAre(42));
-  EXPECT_THAT(out.page_indices, ElementsAre(7, 7));
-  EXPECT_EQ(out.pages_per_sequence, 2u);
-
-  EXPECT_EQ(cache->ExportBatch({&a, 1}, 0, nullptr).code(),
-            StatusCode::kInvalidArgument);
-}
-
-// ---------------------------------------------------------------------------
-// Whole-cache invariants
-
-TEST(KvCacheTest, RandomOperationsKeepTheInvariantsAndReturnEveryPage) {
-  KvCacheConfig config = SmallConfig();
-  config.num_pages = 48;
-  config.page_size_tokens = 3;
-  config.max_sequences = 12;
-  auto cache = MustCreate(config);
-  ASSERT_NE(cache, nullptr);
-  std::mt19937 rng(20240607);
-  std::vector<SequenceId> live;
-  std::uint32_t max_used = 0;
-  for (int step = 0; step < 4000; ++step) {
-    const int op = static_cast<int>(rng() % 8);
-    if (op == 0 || live.empty()) {
-      auto seq = cache->CreateSequence();
-      if (seq.ok()) live.push_back(*seq);
-    } else if (op == 1) {
-      auto seq = cache->Fork(live[rng() % live.size()]);
-      if (seq.ok()) live.push_back(*seq);
-    } else if (op == 2 && live.size() > 2) {
-      const std::size_t i = rng() % live.size();
-      ASSERT_TRUE(cache->FreeSequence(live[i]).ok());
-      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
-    } else {
-      const SequenceId seq = live[rng() % live.size()];
-      const Snapshot before = Take(*cache, live);
-      const Status status =
-          cache->Reserve(seq, static_cast<std::uint32_t>(rng() % 7));
-      if (!status.ok()) {
-        ASSERT_EQ(status.code(), StatusCode::kResourceExhausted) << status;
-        ASSERT_EQ(Take(*cache, live), before);
-      }
-    }
-    // Invariants: tables match lengths; reference counts are the number of
-    // tables holding a page; the counters agree with the counts.
-    std::map<PageId, std::uint32_t> references;
-    for (SequenceId seq : live) {
-      const std::vector<PageId> table = Table(*cache, seq);
-      ASSERT_EQ(table.size(), (Length(*cache, seq) + 2) / 3);
-      ASSERT_EQ(std::set<PageId>(table.begin(), table.end()).size(),
-                table.size());
-      for (PageId page : table) ++references[page];
-    }
-    std::uint32_t used = 0;
-    std::uint32_t shared = 0;
-    for (std::uint32_t p = 0; p < config.num_pages; ++p) {
-      const auto it = references.find(MakePageId(p));
-      const std::uint32_t expected = it == references.end() ? 0 : it->second;
-      ASSERT_EQ(cache->RefCount(MakePageId(p)), expected)
-          << "page " << p << " step " << step;
-      used += expected > 0 ? 1 : 0;
-      shared += expected > 1 ? 1 : 0;
-    }
-    const KvCacheStats stats = cache->Stats();
-    ASSERT_EQ(stats.used_pages, used);
-    ASSERT_EQ(stats.free_pages, config.num_pages - used);
-    ASSERT_EQ(stats.shared_pages, shared);
-    ASSERT_EQ(stats.num_sequences, live.size());
-    max_used = std::max(max_used, used);
-    ASSERT_EQ(stats.high_water_pages, max_used);
-  }
-  for (SequenceId seq : live) ASSERT_TRUE(cache->FreeSequence(seq).ok());
-  const KvCacheStats stats = cache->Stats();
-  EXPECT_EQ(stats.used_pages, 0u);
-  EXPECT_EQ(stats.free_pages, config.num_pages);
-  EXPECT_EQ(stats.shared_pages, 0u);
-  EXPECT_EQ(stats.num_sequences, 0u);
-  for (std::uint32_t p = 0; p < config.num_pages; ++p) {
-    EXPECT_EQ(cache->RefCount(MakePageId(p)), 0u);
-  }
-}
-
-TEST(KvCacheTest, FreedPagesArePoisonedInEveryLayer) {
-#if !RPA_HAS_ASAN
-  GTEST_SKIP() << "needs AddressSanitizer";
-#else
-  KvCacheConfig config = SmallConfig();
-  config.num_layers = 3;
-  auto cache = MustCreate(config);
-  ASSERT_NE(cache, nullptr);
-  SequenceId seq = MustCreateSequence(*cache);
-  ASSERT_TRUE(cache->Reserve(seq, 8).ok());
-  const std::vector<PageId> pages = Table(*cache, seq);
-  const auto poisoned = [&](PageId page, std::uint32_t layer) {
-    const KvLayerView view = cache->Layer(layer);
-    const std::byte* first = view.SlotAddress(page, 0);
-    const std::byte* last = first + view.page_bytes - 1;
-    return RPA_ASAN_IS_POISONED(first) != 0 && RPA_ASAN_IS_POISONED(last) != 0;
-  };
-  const auto addressable = [&](PageId page, std::uint32_t layer) {
-    const KvLayerView view = cache->Layer(layer);
-    const std::byte* first = view.SlotAddress(page, 0);
-    const std::byte* last = first + view.page_bytes - 1;
-    return RPA_ASAN_IS_POISONED(first) == 0 && RPA_ASAN_IS_POISONED(last) == 0;
-  };
-  for (PageId page : pages) {
-    for (std::uint32_t layer = 0; layer < 3; ++layer)
-      EXPECT_TRUE(addressable(page, layer));
-  }
-  ASSERT_TRUE(cache->FreeSequence(seq).ok());
-  for (PageId page : pages) {
-    for (std::uint32_t layer = 0; layer < 3; ++layer) {
-      EXPECT_TRUE(poisoned(page, layer))
-          << PageIndex(page) << " layer " << layer;
-    }
-  }
-  // A stale page-table entry now crashes instead of reading another
-  // sequence's keys.
-  const std::byte* stale = cache->Layer(2).SlotAddress(pages[1], 1);
-  EXPECT_DEATH((void)*static_cast<const volatile std::byte*>(stale),
-               "use-after-poison");
-#endif
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 #pragma once
 
-// Shared helpers of the KvCache tests (kv_cache_test.cc,
-// kv_cache_fork_test.cc).
+// Shared helpers of the KvCache tests (kv_cache*_test.cc).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
