@@ -33,4 +33,8 @@ Status ValidateBatchInto(const BatchMetadata& metadata,
                          const AttentionParams& params,
                          const PlanOptions& options, ValidatedBatch* batch);
 
+// The SPEC section 7 cost of one validated sequence of `batch`
+// (validate_cost.cc); ValidateBatchInto sums it per range.
+BatchCost SequenceCost(const ValidatedBatch& batch, const SequenceSpan& seq);
+
 }  // namespace rpa::attention::internal

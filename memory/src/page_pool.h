@@ -406,6 +406,7 @@ class PagePool {
 
 }  // namespace rpa::memory::internal
 
+#include "page_pool_batch.h"       // IWYU pragma: export
 #include "page_pool_impl.h"        // IWYU pragma: export
 #include "page_pool_primitives.h"  // IWYU pragma: export
 
