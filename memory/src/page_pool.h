@@ -285,12 +285,11 @@ class PagePool {
     Unpoison(page);
   }
 
-  // ---- Counters
-  // --------------------------------------------------------------- used_ holds
-  // published allocation counts; each cache accumulates its own (delta, peak)
-  // privately and publishes them when it exchanges a batch with the global
-  // pool, so the hot path writes only its own line. Threads without a cache
-  // publish every operation.
+  // ---- Counters -------------------------------------------------------------
+  // used_ holds published allocation counts; each cache accumulates its own
+  // (delta, peak) privately and publishes them when it exchanges a batch with
+  // the global pool, so the hot path writes only its own line. Threads without
+  // a cache publish every operation.
 
   void CountAllocations(Cache& cache, std::int64_t n) noexcept {
     const std::int64_t delta = cache.delta.load(std::memory_order_relaxed) + n;

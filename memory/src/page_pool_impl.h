@@ -99,8 +99,7 @@ std::size_t PagePool<Atom>::MetadataBytes(const PageAllocatorOptions& options) {
                        sizeof(Atom<std::uint32_t>));
 }
 
-// ---- Thread cache slots
-// ------------------------------------------------------
+// ---- Thread cache slots -----------------------------------------------------
 
 template <template <typename> class Atom>
 typename PagePool<Atom>::Cache* PagePool<Atom>::LocalCacheSlow() noexcept {
@@ -210,8 +209,7 @@ std::uint32_t PagePool<Atom>::CountSlots(std::uint32_t state) const noexcept {
   return count;
 }
 
-// ---- Moving batches, reclaiming
-// ------------------------------------------------
+// ---- Moving batches, reclaiming ---------------------------------------------
 
 // Owner, with its deque empty (Take just failed, so top == bottom): moves up
 // to batch_ pages from the global stack into the deque and keeps one.
@@ -345,8 +343,7 @@ void PagePool<Atom>::ReturnToGlobal(std::span<const PageId> pages) noexcept {
   PushChain(PageIndex(pages.front()), PageIndex(pages.back()));
 }
 
-// ---- Counters
-// ------------------------------------------------------------------
+// ---- Counters ---------------------------------------------------------------
 
 // used = published + every cache's unpublished delta: exact when no call is
 // in progress. The high-water candidate adds the largest "peak since last

@@ -89,8 +89,7 @@ Status JoinTask(TaskBase* task) {
   return OkStatus();
 }
 
-// ---- TaskBase
-// -----------------------------------------------------------------------
+// ---- TaskBase ---------------------------------------------------------------
 
 namespace {
 
@@ -183,8 +182,7 @@ void TaskBase::WakeWaiters() {
   while (Waiter* waiter = waiters_.PopFront()) Wake(*waiter);
 }
 
-// ---- Wait / Wake
-// ------------------------------------------------------------------------
+// ---- Wait / Wake ------------------------------------------------------------
 
 void Wait(Waiter& w, WaitQueue& queue, SpinLock& lock) {
   queue.PushBack(&w);

@@ -99,8 +99,7 @@ ExecutorImpl::~ExecutorImpl() {
   workers_.clear();
 }
 
-// ---- submission
-// ------------------------------------------------------------------
+// ---- submission -------------------------------------------------------------
 
 void ExecutorImpl::RejectTask(TaskBase* task, const char* why) {
   RPA_CHECK(task->TryStart());
@@ -157,8 +156,7 @@ std::uint64_t ExecutorImpl::LiveTasks() const {
   return spawned >= completed ? spawned - completed : 0;
 }
 
-// ---- the wake-up protocol
-// ----------------------------------------------------------
+// ---- the wake-up protocol ---------------------------------------------------
 
 bool ExecutorImpl::TryStartSpinning() {
   // At most half the workers search at once (at least one): more would only
@@ -235,8 +233,7 @@ bool ExecutorImpl::AllQuiescent() const {
   return true;
 }
 
-// ---- running and stopping
-// -------------------------------------------------------------
+// ---- running and stopping ---------------------------------------------------
 
 Status ExecutorImpl::Drive(DriveMode mode, TaskBase* until) {
   if (num_workers() != 0) {

@@ -32,8 +32,7 @@ void TrampolineAdapter(ctx::transfer_t transfer) {
 
 }  // namespace
 
-// ---- StackPool
-// ---------------------------------------------------------------
+// ---- StackPool --------------------------------------------------------------
 
 StackPool::StackPool(std::size_t stack_bytes)
     : stack_bytes_(RoundUpToMultiple(stack_bytes, PageBytes())) {}
@@ -97,8 +96,7 @@ std::int64_t StackPool::LiveStacks() {
   return g_live_stacks.load(std::memory_order_relaxed);
 }
 
-// ---- Fiber
-// ---------------------------------------------------------------------
+// ---- Fiber ------------------------------------------------------------------
 
 Fiber::Fiber() : state(State::kThread) {
 #if RPA_HAS_TSAN

@@ -35,8 +35,7 @@ Status Worker::Init() {
   return OkStatus();
 }
 
-// ---- fibers
-// ------------------------------------------------------------------
+// ---- fibers -----------------------------------------------------------------
 
 void Worker::FiberEntry(void* arg) {
   auto* worker = static_cast<Worker*>(arg);
@@ -98,8 +97,7 @@ void Worker::RunPostSwitch() {
     executor_->blocking_pool()->Submit(action.blocking_job);
 }
 
-// ---- the scheduling loop
-// ------------------------------------------------------
+// ---- the scheduling loop ----------------------------------------------------
 
 void Worker::Loop() {
   for (;;) {
@@ -285,8 +283,7 @@ bool Worker::DrainInbox() {
   return true;
 }
 
-// ---- waking and suspending
-// ----------------------------------------------------
+// ---- waking and suspending --------------------------------------------------
 
 void Worker::MakeReady(Fiber* fiber) {
   RPA_DCHECK(fiber->state == Fiber::State::kBlocked);
@@ -367,8 +364,7 @@ std::int32_t Worker::RunIo(ReactorOp* op) {
   return op->result;
 }
 
-// ---- entry points
-// ---------------------------------------------------------------
+// ---- entry points -----------------------------------------------------------
 
 void Worker::ThreadMain() {
   tls_current_ = this;
@@ -397,8 +393,7 @@ Status Worker::Drive(DriveMode mode, TaskBase* until) {
   return std::exchange(drive_status_, OkStatus());
 }
 
-// ---- shutdown
-// -------------------------------------------------------------------
+// ---- shutdown ---------------------------------------------------------------
 
 std::uint64_t Worker::AbandonBlockedFibers() {
   std::uint64_t failed = 0;

@@ -56,8 +56,7 @@ class CountingResource : public std::pmr::memory_resource {
   std::size_t num_allocations_ = 0;
 };
 
-// ---- Create
-// ------------------------------------------------------------------
+// ---- Create -----------------------------------------------------------------
 
 struct BadOption {
   const char* name;
@@ -147,8 +146,7 @@ TEST(PageAllocatorTest, CreateReportsExhaustedMetadataAndLeaksNothing) {
   }
 }
 
-// ---- Allocate / Free, for each cache configuration
-// -----------------------------
+// ---- Allocate / Free, for each cache configuration --------------------------
 
 class PageAllocatorConfigTest : public ::testing::TestWithParam<std::uint32_t> {
  protected:
@@ -238,8 +236,7 @@ TEST_P(PageAllocatorConfigTest, IsAllocatedTracksState) {
   EXPECT_FALSE(allocator->IsAllocated(*page));
 }
 
-// ---- AllocateN / FreeN
-// -----------------------------------------------------------
+// ---- AllocateN / FreeN ------------------------------------------------------
 
 TEST_P(PageAllocatorConfigTest, AllocateNFillsDistinctPages) {
   auto allocator = Make(300);
@@ -322,8 +319,7 @@ TEST_P(PageAllocatorConfigTest, FreeNRejectsBadSpansAndFreesNothing) {
   EXPECT_EQ(AllocateAll(*allocator).size(), 16u);
 }
 
-// ---- Counters
-// --------------------------------------------------------------------
+// ---- Counters ---------------------------------------------------------------
 
 TEST_P(PageAllocatorConfigTest, StatsAreExactWithOneThread) {
   auto allocator = Make(1000);
@@ -357,8 +353,7 @@ TEST_P(PageAllocatorConfigTest, StatsAreExactWithOneThread) {
   EXPECT_EQ(stats.high_water_pages, 650u);
 }
 
-// ---- ASan poisoning
-// -------------------------------------------------------------------
+// ---- ASan poisoning ---------------------------------------------------------
 
 TEST(PageAllocatorTest, FreedPagesArePoisonedAndAllocatedOnesAreNot) {
 #if !RPA_HAS_ASAN

@@ -32,8 +32,7 @@ namespace {
 using namespace ::rpa::memory::testing_util;  // NOLINT: test helpers
 using Pool = internal::PagePool<std::atomic>;
 
-// ---- Thread caches
-// ----------------------------------------------------------------
+// ---- Thread caches ----------------------------------------------------------
 
 // Runs `park` on a thread that then waits, alive, until the returned
 // function is called (which joins it).

@@ -28,8 +28,7 @@ using rpa::test::DeterministicAtomic;
 using rpa::test::DeterministicSchedule;
 using Pool = internal::PagePool<DeterministicAtomic>;
 
-// ---- The schedule itself
-// ------------------------------------------------------------
+// ---- The schedule itself ----------------------------------------------------
 
 std::uint64_t TraceOf(std::uint64_t seed) {
   DeterministicSchedule schedule(seed);
@@ -117,8 +116,7 @@ TEST(DeterministicScheduleTest, FindsTheAbaBugOfAnUntaggedStack) {
   EXPECT_GT(seeds_with_double_pop, 0) << "the schedule never exposed ABA";
 }
 
-// ---- PagePool under the schedule
-// --------------------------------------------------------
+// ---- PagePool under the schedule --------------------------------------------
 
 struct Scenario {
   int num_threads;
