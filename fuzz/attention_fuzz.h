@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention/batch_builder.h"
+#include "byte_reader.h"
 
 #include "rpa/attention/batch.h"
 #include "rpa/attention/params.h"
@@ -22,19 +23,7 @@ namespace rpa::attention::fuzz {
 
 using testutil::TestBatch;
 
-// Reads the input front to back; past the end every read yields zero.
-class ByteReader {
- public:
-  ByteReader(const std::uint8_t* data, std::size_t size)
-      : data_(data), size_(size) {}
-  bool empty() const { return pos_ >= size_; }
-  std::uint8_t U8() { return pos_ < size_ ? data_[pos_++] : std::uint8_t{0}; }
-
- private:
-  const std::uint8_t* data_;
-  std::size_t size_;
-  std::size_t pos_ = 0;
-};
+using ::rpa::fuzz::ByteReader;
 
 // Records a line of the decoded case (printed by Fail, and printed as it
 // happens when RPA_FUZZ_TRACE is set).

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "byte_reader.h"
 #include "scheduler/engine_test_util.h"
 
 #include "rpa/scheduler/engine.h"
@@ -54,38 +55,27 @@ void RequireOk(const Status& status, const char* what) {
   if (!status.ok()) Die(std::string(what) + ": " + status.ToString());
 }
 
-class Bytes {
- public:
-  Bytes(const std::uint8_t* data, std::size_t size)
-      : data_(data), size_(size) {}
-  std::uint32_t Next() { return pos_ < size_ ? data_[pos_++] : 0; }
-  bool empty() const { return pos_ >= size_; }
-
- private:
-  const std::uint8_t* data_;
-  std::size_t size_;
-  std::size_t pos_ = 0;
-};
+using ::rpa::fuzz::ByteReader;
 
 struct FaultPlan {
   std::uint32_t kind = 0;  // 0 none, 1 every k-th I/O, 2 all writes, 3 reads
   std::uint32_t period = 1;
 };
 
-EngineOptions DecodeOptions(Bytes& in, FaultPlan* faults) {
+EngineOptions DecodeOptions(ByteReader& in, FaultPlan* faults) {
   EngineOptions options = rpa::scheduler::testing_util::TinyOptions();
-  options.model.num_layers = 1 + in.Next() % 2;
+  options.model.num_layers = 1 + in.Below(2);
   options.model.num_q_heads = 2;
   options.model.num_kv_heads = 1;
   options.model.head_dim = 8;
-  options.model.storage = static_cast<rpa::memory::StorageType>(in.Next() % 3);
-  options.page_size_tokens = 1 + in.Next() % 8;
-  options.num_pages = 4 + in.Next() % 40;
-  options.max_tokens_per_step = 1 + in.Next() % 24;
-  const std::uint32_t chunk = in.Next() % (options.max_tokens_per_step + 1);
+  options.model.storage = static_cast<rpa::memory::StorageType>(in.Below(3));
+  options.page_size_tokens = 1 + in.Below(8);
+  options.num_pages = 4 + in.Below(40);
+  options.max_tokens_per_step = 1 + in.Below(24);
+  const std::uint32_t chunk = in.Below(options.max_tokens_per_step + 1);
   options.chunk_prefill_tokens = chunk;
-  options.max_requests_per_step = 1 + in.Next() % 8;
-  const std::uint32_t flags = in.Next();
+  options.max_requests_per_step = 1 + in.Below(8);
+  const std::uint32_t flags = in.U8();
   options.enable_prefix_caching = (flags & 1) != 0;
   options.preemption_mode = (flags & 2) != 0
                                 ? rpa::scheduler::PreemptionMode::kSwap
@@ -104,7 +94,7 @@ EngineOptions DecodeOptions(Bytes& in, FaultPlan* faults) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
                                       std::size_t size) {
-  Bytes in(data, size);
+  ByteReader in(data, size);
   FaultPlan faults;
   EngineOptions options = DecodeOptions(in, &faults);
   if (faults.kind != 0) {
@@ -129,7 +119,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
   const std::uint32_t ps = options.page_size_tokens;
 
   for (int op_index = 0; op_index < 256 && !in.empty(); ++op_index) {
-    const std::uint32_t op = in.Next() % 9;
+    const std::uint32_t op = in.Below(9);
     if (Trace()) std::fprintf(stderr, "op %d: %u\n", op_index, op);
     switch (op) {
       case 0:
@@ -137,14 +127,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
         std::erase_if(live, [&](RequestId id) {
           return !engine.GetRequest(id).ok();  // finished by itself
         });
-        const std::uint32_t length = 1 + in.Next() % 20;
+        const std::uint32_t length = 1 + in.Below(20);
         std::vector<std::int32_t> prompt(length);
-        const std::uint32_t salt = in.Next();
+        const std::uint32_t salt = in.U8();
         for (std::uint32_t i = 0; i < length; ++i) {
           prompt[i] = static_cast<std::int32_t>((salt >> (i % 8)) % 3);
         }
-        const std::uint32_t max_new = 1 + in.Next() % 8;
-        const auto priority = static_cast<std::int32_t>(in.Next() % 3) - 1;
+        const std::uint32_t max_new = 1 + in.Below(8);
+        const auto priority = static_cast<std::int32_t>(in.Below(3)) - 1;
         const RequestId id = next_id++;
         const Status added =
             engine.AddRequest(id, prompt, max_new, {.priority = priority});
@@ -170,7 +160,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
       case 5:
       case 6: {
         // Finish / Abort a live request, or an unknown id.
-        const std::uint32_t pick = in.Next();
+        const std::uint32_t pick = in.U8();
         if (live.empty() || pick % 5 == 0) {
           const Status status =
               op == 5 ? engine.Abort(next_id + 7) : engine.Finish(0);
@@ -194,7 +184,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
         // Plan, maybe attend a layer with garbage, then discard.
         auto plan = engine.Plan();
         if (!plan.ok()) break;  // a swap I/O error (kept requests)
-        if ((*plan)->num_tokens > 0 && in.Next() % 2 == 0) {
+        if ((*plan)->num_tokens > 0 && in.Below(2) == 0) {
           const auto& model = options.model;
           std::vector<float> q(
               (*plan)->num_tokens * model.num_q_heads * model.head_dim, 1.0F);
