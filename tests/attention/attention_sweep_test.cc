@@ -14,12 +14,14 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "attention/attention_sweep_fixture.h"
 #include "attention/batch_builder.h"
+#include "support/gtest_printers.h"
 
 #include "rpa/attention/plan.h"
 
@@ -87,6 +89,19 @@ struct HeadCase {
   StorageType storage;
 };
 
+std::string Describe(const HeadCase& head) {
+  std::string name = "d";
+  name += std::to_string(head.head_dim);
+  name += "_q";
+  name += std::to_string(head.num_q_heads);
+  name += "_kv";
+  name += std::to_string(head.num_kv_heads);
+  name += "_";
+  name += StorageName(head.storage);
+  return name;
+}
+void PrintTo(const HeadCase& head, std::ostream* os) { *os << Describe(head); }
+
 class HeadSweepTest : public ::testing::TestWithParam<HeadCase> {};
 
 TEST_P(HeadSweepTest, DecodePrefillAndMixedInOneBatch) {
@@ -119,18 +134,7 @@ INSTANTIATE_TEST_SUITE_P(
                       HeadCase{128, 8, 1, StorageType::kF32},
                       HeadCase{16, 5, 1, StorageType::kBf16},
                       HeadCase{4, 3, 3, StorageType::kF32}),
-    [](const auto& param_info) {
-      const HeadCase& head = param_info.param;
-      std::string name = "d";
-      name += std::to_string(head.head_dim);
-      name += "_q";
-      name += std::to_string(head.num_q_heads);
-      name += "_kv";
-      name += std::to_string(head.num_kv_heads);
-      name += "_";
-      name += StorageName(head.storage);
-      return name;
-    });
+    [](const auto& param_info) { return Describe(param_info.param); });
 
 // --- parameters and masks ----------------------------------------------------
 
@@ -140,6 +144,10 @@ struct ParamCase {
   StorageType storage = StorageType::kF32;
   testutil::ValueDistribution values = testutil::ValueDistribution::kUniform;
 };
+
+void PrintTo(const ParamCase& param, std::ostream* os) {
+  *os << param.name << "_" << StorageName(param.storage);
+}
 
 AttentionParams MakeParams(float sm_scale, std::optional<std::int32_t> window,
                            std::optional<float> soft_cap,

@@ -12,6 +12,8 @@
 #include <random>
 #include <vector>
 
+#include "support/gtest_printers.h"
+
 #include "rpa/attention/storage_convert.h"
 #include "rpa/memory/storage_type.h"
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -103,6 +104,19 @@ struct AgreementCase {
   std::optional<std::int32_t> window;
 };
 
+std::string Describe(const AgreementCase& param) {
+  std::string name = std::string(memory::StorageTypeName(param.storage));
+  name += param.causal ? "_causal" : "_bidirectional";
+  if (param.window.has_value()) {
+    name += "_window";
+    name += std::to_string(*param.window);
+  }
+  return name;
+}
+void PrintTo(const AgreementCase& param, std::ostream* os) {
+  *os << Describe(param);
+}
+
 class KernelAgreementTest : public ::testing::TestWithParam<AgreementCase> {};
 
 TEST_P(KernelAgreementTest, EveryRouteMatchesTheOracleAndTheOthers) {
@@ -143,16 +157,7 @@ INSTANTIATE_TEST_SUITE_P(
                       AgreementCase{StorageType::kBf16, true, 24},
                       AgreementCase{StorageType::kF16, false, std::nullopt},
                       AgreementCase{StorageType::kF32, false, 10}),
-    [](const auto& param_info) {
-      std::string name =
-          std::string(memory::StorageTypeName(param_info.param.storage));
-      name += param_info.param.causal ? "_causal" : "_bidirectional";
-      if (param_info.param.window.has_value()) {
-        name += "_window";
-        name += std::to_string(*param_info.param.window);
-      }
-      return name;
-    });
+    [](const auto& param_info) { return Describe(param_info.param); });
 
 TEST(KernelAgreementExecutorTest, TwoWorkersGiveTheSerialResult) {
   auto executor = runtime::Executor::Create({.num_workers = 2});

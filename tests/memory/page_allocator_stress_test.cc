@@ -185,6 +185,14 @@ struct StressParams {
   std::size_t max_held_per_thread;
 };
 
+std::string Describe(const StressParams& params) {
+  return "pages" + std::to_string(params.num_pages) + "_cache" +
+         std::to_string(params.thread_cache_pages);
+}
+void PrintTo(const StressParams& params, std::ostream* os) {
+  *os << Describe(params) << "_held" << params.max_held_per_thread;
+}
+
 class PageAllocatorStressTest : public ::testing::TestWithParam<StressParams> {
 };
 
@@ -203,10 +211,7 @@ INSTANTIATE_TEST_SUITE_P(
         StressParams{.num_pages = 512,
                      .thread_cache_pages = 0,
                      .max_held_per_thread = 200}),
-    [](const auto& param_info) {
-      return "pages" + std::to_string(param_info.param.num_pages) + "_cache" +
-             std::to_string(param_info.param.thread_cache_pages);
-    });
+    [](const auto& param_info) { return Describe(param_info.param); });
 
 TEST_P(PageAllocatorStressTest, RandomOpsFromFourThreadsEndWithEveryPageBack) {
   const StressParams params = GetParam();

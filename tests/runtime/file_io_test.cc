@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <ostream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -46,6 +47,13 @@ struct IoParam {
   int num_workers;
   IoBackend backend;
 };
+
+std::string Describe(const IoParam& param) {
+  return std::string(param.backend == IoBackend::kIoUring ? "uring"
+                                                          : "threads") +
+         "_workers" + std::to_string(param.num_workers);
+}
+void PrintTo(const IoParam& param, std::ostream* os) { *os << Describe(param); }
 
 class FileIoTest : public ::testing::TestWithParam<IoParam> {
  protected:
@@ -154,9 +162,7 @@ TEST_P(FileIoTest, RunBlockingSuspendsOnlyTheFiber) {
 }
 
 std::string IoParamName(const ::testing::TestParamInfo<IoParam>& info) {
-  return std::string(info.param.backend == IoBackend::kIoUring ? "uring"
-                                                               : "threads") +
-         "_workers" + std::to_string(info.param.num_workers);
+  return Describe(info.param);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FileIoTest,
