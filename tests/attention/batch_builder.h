@@ -17,6 +17,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -26,6 +27,7 @@
 
 #include "rpa/attention/batch.h"
 #include "rpa/attention/params.h"
+#include "rpa/attention/plan.h"
 #include "rpa/memory/kv_cache.h"
 #include "rpa/memory/storage_type.h"
 
@@ -103,5 +105,18 @@ std::string CompareWithOracle(const TestBatch& batch,
 
 // The bytes of a NaN in `type` (a quiet NaN with a payload).
 std::array<std::byte, 4> NanBytes(memory::StorageType type);
+
+// A plan for the batch as built (its metadata, cache and params).
+inline StatusOr<AttentionPlan> PlanFor(const TestBatch& batch,
+                                       const PlanOptions& options = {}) {
+  return AttentionPlan::Create(batch.metadata(), batch.cache(), batch.params,
+                               options);
+}
+
+// Bit equality of two float buffers (NaN payloads included).
+inline bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
 
 }  // namespace rpa::attention::testutil

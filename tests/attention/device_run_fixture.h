@@ -27,6 +27,8 @@ namespace rpa::attention::device_run_fixture {
 using memory::StorageType;
 using testutil::BatchSpec;
 using testutil::BuildBatch;
+using testutil::PlanFor;
+using testutil::SameBits;
 using testutil::TestBatch;
 
 inline device::DeviceSpec Tpu7x() {
@@ -44,18 +46,6 @@ inline device::DeviceSpec FastDma() {
           "dma_issue_latency_ns": 1})");
   RPA_CHECK(spec.ok());
   return *spec;
-}
-
-inline StatusOr<AttentionPlan> PlanFor(const TestBatch& batch,
-                                       const PlanOptions& options = {}) {
-  return AttentionPlan::Create(batch.metadata(), batch.cache(), batch.params,
-                               options);
-}
-
-inline bool SameFloats(const std::vector<float>& a,
-                       const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 inline std::vector<std::byte> CacheCopy(const TestBatch& batch) {

@@ -92,7 +92,7 @@ TEST(DeviceRunTest, TwoRunsAreIdenticalReportsIncluded) {
   StatusOr<DeviceRunReport> second =
       RunOnDevice(*plan, batch.tensors(), Tpu7x(), options);
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_TRUE(SameFloats(batch.out, first_out));
+  EXPECT_TRUE(SameBits(batch.out, first_out));
   EXPECT_EQ(CacheCopy(batch), first_cache);
   EXPECT_EQ(first->simulated_us, second->simulated_us);
   EXPECT_EQ(first->hbm_busy_us, second->hbm_busy_us);

@@ -79,7 +79,7 @@ TEST_P(DeviceRunSweepTest, MatchesHostAndOracle) {
     // The same blocks (and pieces) give the same arithmetic in either
     // schedule.
     if (name.starts_with("tiny_serial")) {
-      EXPECT_TRUE(SameFloats(batch.out, tiny_pipelined_out));
+      EXPECT_TRUE(SameBits(batch.out, tiny_pipelined_out));
     }
   }
 }
@@ -156,7 +156,7 @@ TEST(DeviceRunTest, PipelinedIsFasterThanSerialWithTheSameResult) {
                   DecodeHeavyOptions(DeviceSchedule::kPipelined));
   ASSERT_TRUE(pipelined.ok()) << pipelined.status();
   EXPECT_EQ(testutil::CompareWithOracle(batch, expected), "");
-  EXPECT_TRUE(SameFloats(batch.out, serial_out));
+  EXPECT_TRUE(SameBits(batch.out, serial_out));
   EXPECT_EQ(serial->num_races, 0U);
   EXPECT_EQ(pipelined->num_races, 0U);
   // The serial schedule pays every DMA latency in full; the pipeline hides

@@ -23,14 +23,10 @@ using memory::StorageType;
 using testutil::BatchSpec;
 using testutil::BuildBatch;
 using testutil::CompareWithOracle;
+using testutil::PlanFor;
 using testutil::RunOracle;
+using testutil::SameBits;
 using testutil::TestBatch;
-
-// Bit equality of two float buffers (NaN payloads included).
-inline bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
 
 inline BatchSpec DecodeSpec(StorageType storage) {
   BatchSpec spec;
@@ -57,12 +53,6 @@ inline BatchSpec MixedSpec() {
   spec.page_size_tokens = 8;
   spec.params.chunk_prefill_size = 8;
   return spec;
-}
-
-inline StatusOr<AttentionPlan> PlanFor(const TestBatch& batch,
-                                       const PlanOptions& options = {}) {
-  return AttentionPlan::Create(batch.metadata(), batch.cache(), batch.params,
-                               options);
 }
 
 // One decode sequence of kv_len keys, the batch of the KV-split tests.
