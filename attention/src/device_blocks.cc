@@ -15,7 +15,6 @@ namespace rpa::attention::internal {
 
 namespace {
 
-constexpr std::uint64_t kFloatBytes = sizeof(float);
 // Decode Q blocks: f32 queries per block (the Q and output DMAs of a block
 // each pay one issue latency; 512 KiB amortises it).
 constexpr std::uint64_t kDecodeQBlockBytes = std::uint64_t{512} * 1024;

@@ -47,6 +47,9 @@ namespace rpa::attention::internal {
 // The three ranges of the distribution (decode, prefill, mixed).
 inline constexpr int kNumRanges = 3;
 
+// Bytes of one f32 element: the VMEM tiles, Q blocks and outputs are f32.
+inline constexpr std::uint64_t kFloatBytes = sizeof(float);
+
 // The blocks of every range, resolved; used[r] is false for empty ranges
 // (their sizes are left 0).
 struct DeviceBlockChoice {

@@ -14,7 +14,6 @@ namespace rpa::attention::internal {
 
 namespace {
 
-constexpr std::uint64_t kFloatBytes = sizeof(float);
 constexpr double kSoftmaxOpsPerScore = 6;
 constexpr double kSoftCapOpsPerScore = 3;
 constexpr double kSoftmaxOpsPerRow = 4;

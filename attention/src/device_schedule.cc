@@ -12,8 +12,6 @@ namespace rpa::attention::internal {
 
 namespace {
 
-constexpr std::uint64_t kFloatBytes = sizeof(float);
-
 std::byte* Bytes(const float* data) {
   // The device only reads HBM sources of HBM -> VMEM transfers.
   return reinterpret_cast<std::byte*>(const_cast<float*>(data));

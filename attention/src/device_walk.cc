@@ -20,8 +20,6 @@ namespace rpa::attention::internal {
 
 namespace {
 
-constexpr std::uint64_t kFloatBytes = sizeof(float);
-
 class WalkBuilder {
  public:
   WalkBuilder(const ValidatedBatch& batch, DeviceWalk* walk)
