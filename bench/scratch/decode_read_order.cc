@@ -1,4 +1,4 @@
-// Scratch harness of bench/README.md ("Session 11: the read order"), not part of the build:
+// Scratch harness of bench/HISTORY.md ("Session 11: the read order"), not part of the build:
 // the decode kernel's K/V read orders without the arithmetic, GB/s on 1 thread.
 //   g++ -O2 -mavx2 decode_read_order.cc -o ro && ./ro ROW_BYTES TOKENS_PER_BLOCK MODE [BLOCKS_AHEAD]
 // MODE: 0 the kernel's order, 1 sequential buffer, 2 rows whole, 3 rows whole + first line one

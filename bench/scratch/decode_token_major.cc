@@ -1,4 +1,4 @@
-// Scratch harness of bench/README.md ("Session 11: the read order"), not part of the build:
+// Scratch harness of bench/HISTORY.md ("Session 11: the read order"), not part of the build:
 // a token-major decode (each token row read once; online softmax over all query heads
 // per token), f16, Hkv 8, group 4, D 128, page 16, shuffled pages; ns per (key, kv head).
 //   g++ -O3 -mavx2 -mfma -mf16c -DPFA=1 decode_token_major.cc -o tm && ./tm 65536 5 0   # cold
