@@ -1,7 +1,8 @@
 // Scratch harness of bench/HISTORY.md ("Session 11: the read order"), not part of the build:
 // a token-major decode (each token row read once; online softmax over all query heads
 // per token), f16, Hkv 8, group 4, D 128, page 16, shuffled pages; ns per (key, kv head).
-//   g++ -O3 -mavx2 -mfma -mf16c -DPFA=1 decode_token_major.cc -o tm && ./tm 65536 5 0   # cold
+//   g++ -O3 -mavx2 -mfma -mf16c -DRPA_ATTENTION_AVX2 -I../../attention/src -DPFA=1 \
+//       decode_token_major.cc -o tm && ./tm 65536 5 0                                 # cold
 //   ./tm 512 2000 0                                                                   # warm
 // PFA: rows ahead whose lines are prefetched while a row is processed (0: none); the third
 // argument 1 adds a prefetch of the first line of the row one page ahead.
@@ -16,27 +17,15 @@
 #include <random>
 #include <vector>
 
+#include "fast_exp.h"
+
 #ifndef PFA
 #define PFA 0
 #endif
 constexpr int H = 8, G = 4, D = 128, PS = 16;
 constexpr size_t R = 2 * H * D * 2;  // token row bytes (f16)
 
-static inline __m256 Exp8(__m256 x) {  // Cephes-style, enough for a timing
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+using rpa::attention::internal::Exp8;  // the kernels' exp (attention/src/fast_exp.h)
 
 static inline __m256 L8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 
