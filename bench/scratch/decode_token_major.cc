@@ -1,19 +1,25 @@
-// Scratch harness of bench/HISTORY.md ("Session 11: the read order"), not part of the build:
-// a token-major decode (each token row read once; online softmax over all query heads
-// per token), f16, Hkv 8, group 4, D 128, page 16, shuffled pages; ns per (key, kv head).
-//   g++ -O3 -mavx2 -mfma -mf16c -DRPA_ATTENTION_AVX2 -I../../attention/src -DPFA=1 \
-//       decode_token_major.cc -o tm && ./tm 65536 5 0                                 # cold
-//   ./tm 512 2000 0                                                                   # warm
-// PFA: rows ahead whose lines are prefetched while a row is processed (0: none); the third
-// argument 1 adds a prefetch of the first line of the row one page ahead.
+// Scratch harness of bench/HISTORY.md ("Session 11: the read order"), not part
+// of the build: a token-major decode (each token row read once; online softmax
+// over all query heads per token), f16, Hkv 8, group 4, D 128, page 16,
+// shuffled pages; ns per (key, kv head).
+//
+//   g++ -O3 -mavx2 -mfma -mf16c -DRPA_ATTENTION_AVX2 -I../../attention/src \
+//       -DPFA=1 decode_token_major.cc -o tm
+//   ./tm 65536 5 0    # cold: 65 536 keys, best of 5
+//   ./tm 512 2000 0   # warm: 512 keys (L2), best of 2000
+//
+// PFA: rows ahead whose lines are prefetched while a row is processed (0:
+// none). The third argument (default 1) adds a prefetch of the first line of
+// the row one page ahead.
 #include <immintrin.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -25,9 +31,12 @@
 constexpr int H = 8, G = 4, D = 128, PS = 16;
 constexpr size_t R = 2 * H * D * 2;  // token row bytes (f16)
 
-using rpa::attention::internal::Exp8;  // the kernels' exp (attention/src/fast_exp.h)
+// The kernels' exp (attention/src/fast_exp.h).
+using rpa::attention::internal::Exp8;
 
-static inline __m256 L8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+static inline __m256 L8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+}
 
 // 4 ymm of 8 lanes -> one __m128: lane h = sum(a[h])
 static inline __m128 Red4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
@@ -43,8 +52,12 @@ struct State {
   alignas(64) float l[H * G];
 };
 
-void Run(State& st, const uint16_t* const* rows, int n, float scale, const uint16_t* const* pfrows) {
-  for (int i = 0; i < H * G; ++i) { st.m[i] = -INFINITY; st.l[i] = 0; }
+void Run(State& st, const uint16_t* const* rows, int n, float scale,
+         const uint16_t* const* pfrows) {
+  for (int i = 0; i < H * G; ++i) {
+    st.m[i] = -INFINITY;
+    st.l[i] = 0;
+  }
   std::fill(st.acc, st.acc + H * G * D, 0.f);
   alignas(32) float s[H * G];
   alignas(32) float p[H * G];
@@ -54,18 +67,24 @@ void Run(State& st, const uint16_t* const* rows, int n, float scale, const uint1
     // scores for all kv heads
     for (int i = 0; i < H; ++i) {
       const uint16_t* k = row + 2 * i * D;
-      if (PFA && t + PFA < n) { const char* nr = (const char*)rows[t + PFA] + i * 512; for (int l = 0; l < 512; l += 64) _mm_prefetch(nr + l, _MM_HINT_T0); }
+      if (PFA && t + PFA < n) {
+        const char* nr = (const char*)rows[t + PFA] + i * 512;
+        for (int l = 0; l < 512; l += 64) _mm_prefetch(nr + l, _MM_HINT_T0);
+      }
       const float* q = st.q + i * G * D;
       __m256 a[8];
       for (auto& x : a) x = _mm256_setzero_ps();
       for (int c = 0; c < D; c += 16) {
         __m256 k0 = L8(k + c), k1 = L8(k + c + 8);
         for (int h = 0; h < G; ++h) {
-          a[2 * h] = _mm256_fmadd_ps(_mm256_load_ps(q + h * D + c), k0, a[2 * h]);
-          a[2 * h + 1] = _mm256_fmadd_ps(_mm256_load_ps(q + h * D + c + 8), k1, a[2 * h + 1]);
+          a[2 * h] =
+              _mm256_fmadd_ps(_mm256_load_ps(q + h * D + c), k0, a[2 * h]);
+          a[2 * h + 1] = _mm256_fmadd_ps(_mm256_load_ps(q + h * D + c + 8), k1,
+                                         a[2 * h + 1]);
         }
       }
-      __m128 r = Red4(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]), _mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7]));
+      __m128 r = Red4(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]),
+                      _mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7]));
       _mm_store_ps(s + 4 * i, r);
     }
     // online softmax on 32 lanes
@@ -80,11 +99,14 @@ void Run(State& st, const uint16_t* const* rows, int n, float scale, const uint1
         l = _mm256_mul_ps(l, f);
         alignas(32) float ff[8];
         _mm256_store_ps(ff, f);
-        for (int b = 0; b < 8; ++b) if (moved >> b & 1) {
-          float* ar = st.acc + (j + b) * D;
-          __m256 fb = _mm256_set1_ps(ff[b]);
-          for (int c = 0; c < D; c += 8) _mm256_store_ps(ar + c, _mm256_mul_ps(_mm256_load_ps(ar + c), fb));
-        }
+        for (int b = 0; b < 8; ++b)
+          if (moved >> b & 1) {
+            float* ar = st.acc + (j + b) * D;
+            __m256 fb = _mm256_set1_ps(ff[b]);
+            for (int c = 0; c < D; c += 8)
+              _mm256_store_ps(ar + c,
+                              _mm256_mul_ps(_mm256_load_ps(ar + c), fb));
+          }
         _mm256_store_ps(st.m + j, mn);
       }
       __m256 pe = Exp8(_mm256_sub_ps(x, mn));
@@ -95,21 +117,21 @@ void Run(State& st, const uint16_t* const* rows, int n, float scale, const uint1
     for (int i = 0; i < H; ++i) {
       const uint16_t* v = row + (2 * i + 1) * D;
       float* acc = st.acc + i * G * D;
-      __m256 w0 = _mm256_broadcast_ss(p + 4 * i), w1 = _mm256_broadcast_ss(p + 4 * i + 1),
-             w2 = _mm256_broadcast_ss(p + 4 * i + 2), w3 = _mm256_broadcast_ss(p + 4 * i + 3);
+      __m256 w[G];
+      for (int h = 0; h < G; ++h) w[h] = _mm256_broadcast_ss(p + G * i + h);
       for (int c = 0; c < D; c += 8) {
-        __m256 vv = L8(v + c);
-        _mm256_store_ps(acc + c, _mm256_fmadd_ps(w0, vv, _mm256_load_ps(acc + c)));
-        _mm256_store_ps(acc + D + c, _mm256_fmadd_ps(w1, vv, _mm256_load_ps(acc + D + c)));
-        _mm256_store_ps(acc + 2 * D + c, _mm256_fmadd_ps(w2, vv, _mm256_load_ps(acc + 2 * D + c)));
-        _mm256_store_ps(acc + 3 * D + c, _mm256_fmadd_ps(w3, vv, _mm256_load_ps(acc + 3 * D + c)));
+        const __m256 vv = L8(v + c);
+        for (int h = 0; h < G; ++h) {
+          float* a = acc + h * D + c;
+          _mm256_store_ps(a, _mm256_fmadd_ps(w[h], vv, _mm256_load_ps(a)));
+        }
       }
     }
   }
 }
 
 int main(int argc, char** argv) {
-  int ntok = atoi(argv[1]);    // tokens per run
+  int ntok = atoi(argv[1]);  // tokens per run
   int reps = atoi(argv[2]);
   int pf = argc > 3 ? atoi(argv[3]) : 1;
   size_t pages = (ntok + PS - 1) / PS;
@@ -117,14 +139,16 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1, 1);
   for (size_t i = 0; i < pages * PS * R / 2; i += 8) {
-    __m256 x = _mm256_set_ps(u(rng), u(rng), u(rng), u(rng), u(rng), u(rng), u(rng), u(rng));
+    __m256 x = _mm256_set_ps(u(rng), u(rng), u(rng), u(rng), u(rng), u(rng),
+                             u(rng), u(rng));
     _mm_storeu_si128((__m128i*)(buf + i), _mm256_cvtps_ph(x, 0));
   }
   std::vector<int> perm(pages);
   for (size_t i = 0; i < pages; ++i) perm[i] = i;
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<const uint16_t*> rows(ntok), pfr(ntok);
-  for (int t = 0; t < ntok; ++t) rows[t] = buf + (perm[t / PS] * PS + t % PS) * (R / 2);
+  for (int t = 0; t < ntok; ++t)
+    rows[t] = buf + (perm[t / PS] * PS + t % PS) * (R / 2);
   for (int t = 0; t < ntok; ++t) pfr[t] = rows[std::min(ntok - 1, t + PS)];
   static State st;
   for (auto& x : st.q) x = u(rng);
@@ -132,10 +156,13 @@ int main(int argc, char** argv) {
   for (int r = 0; r < reps; ++r) {
     auto t0 = std::chrono::steady_clock::now();
     Run(st, rows.data(), ntok, 0.0884f, pf ? pfr.data() : nullptr);
-    double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+    double ns = std::chrono::duration<double, std::nano>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count();
     best = std::min(best, ns);
   }
   double sum = 0;
   for (int i = 0; i < H * G * D; ++i) sum += st.acc[i] / st.l[i / D];
-  printf("tok %d pf %d: %.2f ns per (key, kv head) checksum %.5f\n", ntok, pf, best / (ntok * H), sum);
+  printf("tok %d pf %d: %.2f ns per (key, kv head) checksum %.5f\n", ntok, pf,
+         best / (ntok * H), sum);
 }
