@@ -123,7 +123,7 @@ void* TaskBase::operator new(std::size_t bytes) {
     return worker->task_cache().Allocate(task_class);
   if (ForeignTaskCache* cache = ForeignCache())
     return cache->Allocate(task_class);
-  return ::operator new(TaskClassBytes(task_class));
+  return NewTaskBlock(task_class);
 }
 
 void TaskBase::operator delete(void* block, std::size_t bytes) noexcept {
@@ -135,7 +135,7 @@ void TaskBase::operator delete(void* block, std::size_t bytes) noexcept {
   } else if (ForeignTaskCache* cache = ForeignCache()) {
     cache->Free(task_class, block);
   } else {
-    ::operator delete(block);
+    DeleteTaskBlock(block);
   }
 }
 

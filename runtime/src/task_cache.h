@@ -3,20 +3,19 @@
 // TaskBlockCache and TaskBlockPool: where Task objects come from and go back
 // to on workers, so that spawning does not pay for malloc and free.
 //
-// A task block is an ordinary `::operator new` block of one of a few size
-// classes (64, 128, 192, 256 bytes; a bigger task uses `new` directly). Each
-// worker keeps a cache of free blocks per class (an array, so taking one does
-// not chase a pointer through a cold block); the executor keeps a pool that
-// the caches overflow into and refill from in batches, so a worker that frees
-// more tasks than it spawns (a thief: the last reference of a stolen task is
-// often dropped there) hands them to the worker that spawns them without a
-// malloc or a cross-thread free in between. Blocks are plain `::operator new`
-// blocks, so any thread may free one with `::operator delete`. A thread that
-// is not a worker keeps a small ForeignTaskCache of its own (below) and
-// spills beyond it to `::operator delete`; so does a thread whose
-// thread_locals are being destroyed. The pool is bounded (kPoolBlocks per
-// class; beyond it blocks go back to malloc) and everything is released when
-// the executor is destroyed.
+// A task block is an `::operator new` block, aligned to a cache line, of one
+// of a few size classes (64, 128, 192, 256 bytes; a bigger task uses `new`
+// directly). Each worker keeps a cache of free blocks per class (an array, so
+// taking one does not chase a pointer through a cold block); the executor
+// keeps a pool that the caches overflow into and refill from in batches, so
+// a worker that frees more tasks than it spawns (a thief: the last reference
+// of a stolen task is often dropped there) hands them to the worker that
+// spawns them without a malloc or a cross-thread free in between. Any thread
+// may free a block (DeleteTaskBlock). A thread that is not a worker keeps a
+// small ForeignTaskCache of its own (below) and spills beyond it to
+// DeleteTaskBlock; so does a thread whose thread_locals are being destroyed.
+// The pool is bounded (kPoolBlocks per class; beyond it blocks go back to
+// malloc) and everything is released when the executor is destroyed.
 //
 // Thread-safety: a TaskBlockCache belongs to its worker's thread; the pool
 // takes its own lock (a batch of kBatch blocks per acquisition).
@@ -32,8 +31,8 @@
 
 namespace rpa::runtime::internal {
 
-inline constexpr std::size_t kTaskClassBytes = 64;
-inline constexpr std::size_t kNumTaskClasses = 4;  // up to 256 bytes
+inline constexpr std::size_t kTaskClassBytes = 64;  // and a cache line
+inline constexpr std::size_t kNumTaskClasses = 4;   // up to 256 bytes
 
 // The size class of a block of `bytes`, or kNumTaskClasses if it has none.
 inline std::size_t TaskClassOf(std::size_t bytes) {
@@ -42,6 +41,17 @@ inline std::size_t TaskClassOf(std::size_t bytes) {
 }
 inline std::size_t TaskClassBytes(std::size_t task_class) {
   return (task_class + 1) * kTaskClassBytes;
+}
+
+// Task blocks are whole cache lines: two tasks never share a line, so the
+// completion of a task on one worker does not stall a neighbour's on another
+// (malloc's 16-byte alignment would put parts of two blocks on one line).
+inline void* NewTaskBlock(std::size_t task_class) {
+  return ::operator new (TaskClassBytes(task_class),
+                         std::align_val_t{kTaskClassBytes});
+}
+inline void DeleteTaskBlock(void* block) {
+  ::operator delete (block, std::align_val_t{kTaskClassBytes});
 }
 
 class TaskBlockPool {
@@ -53,7 +63,7 @@ class TaskBlockPool {
   TaskBlockPool& operator=(const TaskBlockPool&) = delete;
   ~TaskBlockPool() {
     for (std::size_t c = 0; c < kNumTaskClasses; ++c) {
-      for (void* block : classes_[c].blocks) ::operator delete(block);
+      for (void* block : classes_[c].blocks) DeleteTaskBlock(block);
     }
   }
 
@@ -76,7 +86,7 @@ class TaskBlockPool {
       kept = std::min(n, kPoolBlocks - std::min(kPoolBlocks, c.blocks.size()));
       c.blocks.insert(c.blocks.end(), blocks, blocks + kept);
     }
-    for (std::size_t i = kept; i < n; ++i) ::operator delete(blocks[i]);
+    for (std::size_t i = kept; i < n; ++i) DeleteTaskBlock(blocks[i]);
   }
 
  private:
@@ -98,7 +108,7 @@ class TaskBlockCache {
   ~TaskBlockCache() {
     for (std::size_t c = 0; c < kNumTaskClasses; ++c) {
       for (std::size_t i = 0; i < classes_[c].size; ++i)
-        ::operator delete(classes_[c].blocks[i]);
+        DeleteTaskBlock(classes_[c].blocks[i]);
     }
   }
 
@@ -107,7 +117,7 @@ class TaskBlockCache {
     Class& c = classes_[task_class];
     if (c.size == 0) {
       c.size = pool_->Take(task_class, c.blocks.data(), kBatch);
-      if (c.size == 0) return ::operator new(TaskClassBytes(task_class));
+      if (c.size == 0) return NewTaskBlock(task_class);
     }
     return c.blocks[--c.size];
   }
@@ -152,19 +162,19 @@ class ForeignTaskCache {
   ~ForeignTaskCache() {
     for (std::size_t c = 0; c < kNumTaskClasses; ++c) {
       for (std::size_t i = 0; i < classes_[c].size; ++i)
-        ::operator delete(classes_[c].blocks[i]);
+        DeleteTaskBlock(classes_[c].blocks[i]);
     }
   }
 
   void* Allocate(std::size_t task_class) {
     Class& c = classes_[task_class];
-    if (c.size == 0) return ::operator new(TaskClassBytes(task_class));
+    if (c.size == 0) return NewTaskBlock(task_class);
     return c.blocks[--c.size];
   }
   void Free(std::size_t task_class, void* block) {
     Class& c = classes_[task_class];
     if (c.size == kCapacity) {
-      ::operator delete(block);
+      DeleteTaskBlock(block);
       return;
     }
     c.blocks[c.size++] = block;

@@ -54,7 +54,8 @@ class TaskBase {
 
   // Task objects come from the current worker's block cache and go back to
   // the cache of the worker that frees them (src/task_cache.h); elsewhere
-  // (service threads) they are ordinary `::operator new` blocks.
+  // (service threads) they are `::operator new` blocks aligned to a cache
+  // line.
   static void* operator new(std::size_t bytes);
   static void operator delete(void* block, std::size_t bytes) noexcept;
   static void* operator new(std::size_t bytes, std::align_val_t align) {
