@@ -190,6 +190,7 @@ void Wait(Waiter& w, WaitQueue& queue, SpinLock& lock) {
   if (worker != nullptr && worker->in_fiber()) {
     Fiber* fiber = worker->current();
     w.fiber = fiber;
+    w.worker = worker;
     fiber->waiter = &w;
     worker->Suspend({.unlock = &lock});
     fiber->waiter = nullptr;
@@ -210,8 +211,9 @@ void Wait(Waiter& w, WaitQueue& queue, SpinLock& lock) {
 
 void Wake(Waiter& w) {
   if (Fiber* fiber = w.fiber; fiber != nullptr) {
-    __builtin_prefetch(&fiber->next, 1);  // the inbox push writes it next
-    fiber->worker->Schedule(fiber);
+    // Neither this nor the inbox push (see IntrusiveStack) touches the
+    // fiber's own cache line when the sleeping worker's inbox is empty.
+    w.worker->Schedule(fiber);
     return;
   }
   w.woken.store(1, std::memory_order_release);

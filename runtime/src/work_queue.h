@@ -41,6 +41,7 @@
 #include <memory>
 #include <vector>
 
+#include "rpa/runtime/check.h"
 #include "rpa/runtime/internal/atomic_traits.h"
 
 namespace rpa::runtime::internal {
@@ -189,6 +190,12 @@ class WorkQueue {
 // owner consumes) and as the executor's queue of tasks from foreign threads
 // (any worker takes the whole batch).
 //
+// A node's `next` must be null when it is pushed (every consumer resets it
+// when the node leaves a list). Pushing onto an empty stack then leaves the
+// node untouched: a worker's blocked fiber stays in that worker's cache
+// instead of travelling to the waker's core and back (a cross-worker channel
+// hand-off is a few cache-line transfers; this was one of them).
+//
 // Thread-safety: Push and TakeAll from any thread.
 // Memory ordering: Push is seq_cst (it is the "publish" half of the wake-up
 // protocol's Dekker pair: push, then look for a sleeping consumer); TakeAll
@@ -198,9 +205,14 @@ class IntrusiveStack {
  public:
   void Push(Node* node) {
     __builtin_prefetch(&head_, 1);  // read, then CAS: fetch it owned at once
+    RPA_DCHECK(node->next == nullptr);
     Node* head = head_.load(std::memory_order_relaxed);
+    bool linked = false;  // node->next was written by an earlier attempt
     do {
-      node->next = head;
+      if (head != nullptr || linked) {
+        node->next = head;
+        linked = true;
+      }
     } while (!head_.compare_exchange_weak(head, node, std::memory_order_seq_cst,
                                           std::memory_order_relaxed));
   }

@@ -241,5 +241,43 @@ TEST(IntrusiveStackTest, DeterministicProducersTakeAllInFifoOrderPerProducer) {
   }
 }
 
+// A link that counts the writes to it, to see which nodes Push touches.
+struct CountingNode;
+struct CountedLink {
+  CountingNode* target = nullptr;
+  int writes = 0;
+  operator CountingNode*() const {
+    return target;
+  }  // NOLINT: a pointer stand-in
+  CountedLink& operator=(CountingNode* value) {
+    ++writes;
+    target = value;
+    return *this;
+  }
+};
+struct CountingNode {
+  CountedLink next;
+};
+
+// A push onto an empty stack must not write the node (a woken fiber's line
+// stays with its own worker); a push onto a non-empty one links it.
+TEST(IntrusiveStackTest, PushOntoAnEmptyStackLeavesTheNodeUntouched) {
+  IntrusiveStack<CountingNode> stack;
+  CountingNode first;
+  CountingNode second;
+  stack.Push(&first);
+  EXPECT_EQ(first.next.writes, 0);
+  stack.Push(&second);
+  EXPECT_EQ(first.next.writes, 0);
+  EXPECT_EQ(second.next.writes, 1);
+  EXPECT_EQ(second.next.target, &first);
+
+  CountingNode* taken = stack.TakeAll();  // oldest first
+  ASSERT_EQ(taken, &first);
+  EXPECT_EQ(static_cast<CountingNode*>(first.next), &second);
+  EXPECT_EQ(static_cast<CountingNode*>(second.next), nullptr);
+  EXPECT_EQ(stack.TakeAll(), nullptr);
+}
+
 }  // namespace
 }  // namespace rpa::runtime::internal

@@ -32,12 +32,16 @@ namespace rpa::runtime::internal {
 
 class Fiber;
 class WaitQueue;
+class Worker;
 
 struct Waiter {
   Waiter* next = nullptr;
   Waiter* prev = nullptr;
   WaitQueue* queue = nullptr;  // while enqueued
   Fiber* fiber = nullptr;      // null: a plain thread waiting on `woken`
+  // The fiber's worker, kept here so that the waker, which reads this
+  // waiter anyway, never reads the fiber (a line of the sleeping worker's).
+  Worker* worker = nullptr;
   std::atomic<std::uint32_t> woken{0};
   // Payload, by primitive: units wanted (Semaphore), value slot (Channel),
   // outcome (Channel send/receive succeeded).
