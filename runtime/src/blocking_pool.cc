@@ -1,8 +1,5 @@
 #include "blocking_pool.h"
 
-#include "fiber.h"
-#include "worker.h"
-
 namespace rpa::runtime::internal {
 
 BlockingPool::BlockingPool(int num_threads) {
@@ -46,9 +43,9 @@ void BlockingPool::ThreadMain() {
       if (head_ == nullptr) tail_ = nullptr;
     }
     job->run(job);
-    // The job lives on the suspended fiber's stack: after this it may be gone.
-    Fiber* fiber = job->waiter.fiber;
-    fiber->worker->Schedule(fiber);
+    // The job lives on the suspended fiber's stack: Wake reads the waiter
+    // before the fiber can resume and never touches it after.
+    Wake(job->waiter);
   }
 }
 

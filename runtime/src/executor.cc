@@ -230,6 +230,7 @@ bool RunOnBlockingPool(BlockingJob* job) {
   if (worker == nullptr || !worker->in_fiber()) return false;
   if (worker->executor()->blocking_pool() == nullptr) return false;
   job->waiter.fiber = worker->current();
+  job->waiter.worker = worker;
   worker->AddExternalPending();
   // Handed to the pool only after we are switched out, so the pool's wake-up
   // can never race with our own suspension.
