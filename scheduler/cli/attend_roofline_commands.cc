@@ -36,6 +36,10 @@ int RunRoofline(const RooflineArgs& args) {
         {"read_bandwidth_gbps", roofline->read_bandwidth_bytes_per_s / 1e9},
         {"fma_peak_gflops", roofline->fma_peak_flops_per_s / 1e9},
         {"avx2_fma", roofline->used_avx2_fma},
+        {"avx512_fma_peak_gflops",
+         roofline->avx512_fma_peak_flops_per_s > 0
+             ? nlohmann::json(roofline->avx512_fma_peak_flops_per_s / 1e9)
+             : nlohmann::json(nullptr)},
     };
     std::printf("%s\n", row.dump().c_str());
   } else {
@@ -44,6 +48,12 @@ int RunRoofline(const RooflineArgs& args) {
         roofline->threads, roofline->read_bandwidth_bytes_per_s / 1e9,
         roofline->fma_peak_flops_per_s / 1e9,
         roofline->used_avx2_fma ? "AVX2 FMA" : "scalar, no AVX2/FMA");
+    if (roofline->avx512_fma_peak_flops_per_s > 0) {
+      std::printf(
+          "  AVX-512 FMA peak %.1f GFLOP/s (reference only: the kernels are "
+          "AVX2 code, so the floor uses the AVX2 peak)\n",
+          roofline->avx512_fma_peak_flops_per_s / 1e9);
+    }
   }
   return 0;
 }

@@ -124,6 +124,12 @@ void PrintTable(const std::vector<Row>& rows,
         threads, threads == 1 ? "" : "s", roof.read_bandwidth_bytes_per_s / 1e9,
         roof.fma_peak_flops_per_s / 1e9,
         roof.used_avx2_fma ? "" : " (scalar: no AVX2/FMA)");
+    if (roof.avx512_fma_peak_flops_per_s > 0) {
+      std::printf(
+          "  (AVX-512 FMA peak %.1f GFLOP/s at the start of the run, for "
+          "reference: the kernels are AVX2 code)\n",
+          roof.avx512_fma_peak_flops_per_s / 1e9);
+    }
   }
   std::printf(
       "each row's bandwidth limit (probe GB/s) is the best of the passes "

@@ -44,8 +44,7 @@ float FmaChainsPortable(std::uint64_t iterations, float seed) {
   return total;
 }
 
-double FmaChainsFlops(std::uint64_t iterations, bool avx2) {
-  const double lanes = avx2 ? 8.0 : 1.0;
+double FmaChainsFlops(std::uint64_t iterations, int lanes) {
   return static_cast<double>(iterations) * 12.0 * lanes * 2.0;
 }
 
@@ -246,6 +245,10 @@ StatusOr<HostRoofline> MeasureHostRoofline(ReadBandwidthProbe& probe,
   fma_options.threads = probe.threads();
   RPA_ASSIGN_OR_RETURN(double fma_peak, MeasureFmaPeak(fma_options));
   HostRoofline out;
+  if (internal::HaveAvx512F()) {
+    RPA_ASSIGN_OR_RETURN(out.avx512_fma_peak_flops_per_s,
+                         MeasureAvx512FmaPeak(fma_options));
+  }
   out.threads = probe.threads();
   out.used_avx2_fma = internal::HaveAvx2Fma();
   out.read_bandwidth_bytes_per_s = best_bandwidth;
@@ -253,10 +256,14 @@ StatusOr<HostRoofline> MeasureHostRoofline(ReadBandwidthProbe& probe,
   return out;
 }
 
-StatusOr<double> MeasureFmaPeak(const RooflineOptions& options) {
+namespace {
+
+// FLOP/s of `threads` threads each running `chains(iterations, seed)`, best
+// of options.fma_runs; `lanes` f32 lanes per FMA.
+StatusOr<double> MeasureFmaChains(const RooflineOptions& options, int lanes,
+                                  float (*chains)(std::uint64_t, float)) {
   RPA_RETURN_IF_ERROR(CheckThreads(options.threads));
   RPA_RETURN_IF_ERROR(CheckFmaRuns(options));
-  const bool avx2 = internal::HaveAvx2Fma();
   const int threads = options.threads;
   GangTimer gang(threads);
   double best_fma = std::numeric_limits<double>::infinity();
@@ -265,8 +272,7 @@ StatusOr<double> MeasureFmaPeak(const RooflineOptions& options) {
     RPA_ASSIGN_OR_RETURN(double seconds, gang.Run([&](int t) {
       float seed = 0.5F + static_cast<float>(run) * 1e-3F;
       fma_sinks[static_cast<std::size_t>(t) * 16] +=
-          avx2 ? internal::FmaChainsAvx2(options.fma_iterations, seed)
-               : internal::FmaChainsPortable(options.fma_iterations, seed);
+          chains(options.fma_iterations, seed);
     }));
     best_fma = std::min(best_fma, seconds);
   }
@@ -274,8 +280,27 @@ StatusOr<double> MeasureFmaPeak(const RooflineOptions& options) {
   float fguard = 0;
   for (float f : fma_sinks) fguard += f;
   asm volatile("" : : "x"(fguard));
-  return internal::FmaChainsFlops(options.fma_iterations, avx2) * threads /
+  return internal::FmaChainsFlops(options.fma_iterations, lanes) * threads /
          best_fma;
+}
+
+}  // namespace
+
+StatusOr<double> MeasureFmaPeak(const RooflineOptions& options) {
+  if (internal::HaveAvx2Fma()) {
+    return MeasureFmaChains(options, 8, internal::FmaChainsAvx2);
+  }
+  return MeasureFmaChains(options, 1, internal::FmaChainsPortable);
+}
+
+StatusOr<double> MeasureAvx512FmaPeak(const RooflineOptions& options) {
+  RPA_RETURN_IF_ERROR(CheckThreads(options.threads));
+  RPA_RETURN_IF_ERROR(CheckFmaRuns(options));
+  if (!internal::HaveAvx512F()) {
+    return UnavailableError(
+        "MeasureAvx512FmaPeak: this CPU (or this build) has no AVX-512F");
+  }
+  return MeasureFmaChains(options, 16, internal::FmaChainsAvx512);
 }
 
 double RooflineFloorSeconds(const attention::BatchCost& cost,

@@ -118,7 +118,8 @@ TEST_F(CliAttendTest, RooflineJsonIsOneObject) {
   Result r = Rpa("roofline --json --buffer-mib 16");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, AllOf(HasSubstr("\"read_bandwidth_gbps\""),
-                           HasSubstr("\"fma_peak_gflops\"")));
+                           HasSubstr("\"fma_peak_gflops\""),
+                           HasSubstr("\"avx512_fma_peak_gflops\"")));
   EXPECT_EQ(r.out.front(), '{');
 }
 

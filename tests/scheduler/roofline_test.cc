@@ -68,6 +68,31 @@ TEST(RooflineTest, FmaPeakAloneMeasuresAndValidatesItsOptions) {
   EXPECT_THAT(bad.status().message(), HasSubstr("2000"));
 }
 
+// The zmm peak is measured exactly when this CPU and build have AVX-512F,
+// and is reported next to the AVX2 peak without replacing it.
+TEST(RooflineTest, Avx512PeakIsMeasuredWhereTheCpuHasIt) {
+  auto roof = MeasureHostRoofline(Quick(1));
+  ASSERT_TRUE(roof.ok()) << roof.status();
+  auto peak = MeasureAvx512FmaPeak(Quick(1));
+  if (peak.ok()) {
+    EXPECT_TRUE(std::isfinite(*peak));
+    EXPECT_GT(*peak, 1e8);
+    EXPECT_GT(roof->avx512_fma_peak_flops_per_s, 1e8);
+  } else {
+    EXPECT_EQ(peak.status().code(), StatusCode::kUnavailable);
+    EXPECT_THAT(peak.status().message(), HasSubstr("AVX-512F"));
+    EXPECT_EQ(roof->avx512_fma_peak_flops_per_s, 0);
+  }
+  // The floor keeps the AVX2 figure, measured as before.
+  EXPECT_GT(roof->fma_peak_flops_per_s, 1e8);
+  // Options are validated first, whatever the CPU.
+  RooflineOptions options = Quick(1);
+  options.fma_runs = 0;
+  auto bad = MeasureAvx512FmaPeak(options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("fma_runs"));
+}
+
 TEST(ReadBandwidthProbeTest, PassesReuseOneBuffer) {
   for (int threads : {1, 3}) {
     // 1 MiB + 100 bytes: each thread's slice is rounded down to 256 bytes.

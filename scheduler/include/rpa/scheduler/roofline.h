@@ -18,7 +18,11 @@
 // (AVX2 + FMA when the CPU has them, enough chains to cover FMA latency x
 // FMA ports on current x86 cores), 2 FLOPs per lane; best of `fma_runs` (20).
 // Without AVX2/FMA (or in an RPA_PORTABLE build) a scalar multiply-add loop
-// stands in and HostRoofline::used_avx2_fma says so.
+// stands in and HostRoofline::used_avx2_fma says so. That AVX2 figure is the
+// floor's peak because the attention kernels are AVX2 code; on a CPU with
+// AVX-512F the same loop with 16-lane (zmm) FMAs is measured too, for
+// reference (avx512_fma_peak_flops_per_s: up to twice the AVX2 figure where
+// the core has full-width zmm FMA units).
 //
 // Thread-safety: MeasureHostRoofline starts and joins its own threads; calls
 // may overlap but then disturb each other's figures.
@@ -38,7 +42,10 @@ namespace rpa::scheduler {
 
 struct HostRoofline {
   double read_bandwidth_bytes_per_s = 0;
-  double fma_peak_flops_per_s = 0;
+  double fma_peak_flops_per_s = 0;  // the floor's peak (AVX2, see above)
+  // The zmm FMA peak, measured only when the CPU and the build have
+  // AVX-512F (0 otherwise); reported, not used by the floor.
+  double avx512_fma_peak_flops_per_s = 0;
   int threads = 1;
   bool used_avx2_fma = false;
 };
@@ -63,6 +70,11 @@ StatusOr<HostRoofline> MeasureHostRoofline(const RooflineOptions& options = {});
 // The FMA half of MeasureHostRoofline alone (options.threads, fma_runs and
 // fma_iterations): FLOP/s, best of the runs. Errors as MeasureHostRoofline.
 StatusOr<double> MeasureFmaPeak(const RooflineOptions& options = {});
+
+// The same with 16-lane AVX-512 FMAs. Unavailable when the CPU or the build
+// (RPA_PORTABLE, or a compiler without -mavx512f) has no AVX-512F; otherwise
+// errors as MeasureFmaPeak.
+StatusOr<double> MeasureAvx512FmaPeak(const RooflineOptions& options = {});
 
 // The bandwidth half of MeasureHostRoofline as a reusable object: the buffer
 // stays allocated (and touched) between passes, so that passes can be
