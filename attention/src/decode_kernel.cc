@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "building_blocks.h"
+#include "decode_item.h"
 #include "kernels.h"
 
 #if defined(RPA_ATTENTION_AVX2)
@@ -70,79 +71,10 @@ Scratch& ThreadScratch() {
   return scratch;
 }
 
-struct ItemView {
-  const ValidatedBatch* batch = nullptr;
-  const SequenceSpan* span = nullptr;
-  std::uint32_t group = 0;
-  std::uint32_t dim = 0;
-  std::uint32_t num_heads = 0;  // kv heads of the item
-  std::int32_t begin = 0;       // first key read
-  std::int32_t end = 0;         // one past the last key read
-  const std::int32_t* pages = nullptr;
-  const float* q = nullptr;  // num_heads x group rows of D
-};
-
-ItemView MakeView(const KernelArgs& args, const WorkItem& item) {
-  ItemView view;
-  view.batch = args.batch;
-  view.span = &args.batch->sequences[item.sequence];
-  view.group = args.batch->group_size;
-  view.dim = args.batch->shape.head_dim;
-  view.num_heads = item.num_kv_heads;
-  const std::int32_t query_pos = view.span->kv_len - 1;
-  const KeyRange visible =
-      VisibleKeys(query_pos, view.span->kv_len, args.batch->params);
-  view.begin = std::max(visible.begin, item.kv_begin);
-  view.end = std::min(visible.end, item.kv_end);
-  view.pages = args.batch->page_indices.data() + view.span->page_row;
-  view.q = args.q + (static_cast<std::size_t>(view.span->q_begin) *
-                         args.batch->shape.num_q_heads +
-                     static_cast<std::size_t>(item.kv_head) * view.group) *
-                        view.dim;
-  return view;
-}
-
-// Writes the item's result: normalised rows of out, or the partial slots.
-// acc and rows hold num_heads x group rows.
-void Finish(const KernelArgs& args, const WorkItem& item, const ItemView& view,
-            const float* acc, const SoftmaxRow* rows) {
-  const ValidatedBatch& batch = *view.batch;
-  const std::uint32_t dim = view.dim;
-  for (std::uint32_t i = 0; i < view.num_heads; ++i) {
-    for (std::uint32_t g = 0; g < view.group; ++g) {
-      const std::size_t row = static_cast<std::size_t>(i) * view.group + g;
-      const float* head_acc = acc + row * dim;
-      if (item.partial >= 0) {
-        const auto slot_index =
-            static_cast<std::size_t>(item.partial) +
-            static_cast<std::size_t>(i) *
-                static_cast<std::size_t>(item.partial_head_stride);
-        float* slot = args.partials + slot_index * PartialSlotFloats(batch) +
-                      static_cast<std::size_t>(g) * (dim + 2);
-        slot[0] = rows[row].max;
-        slot[1] = rows[row].sum;
-        std::copy(head_acc, head_acc + dim, slot + 2);
-      } else {
-        float* out =
-            args.out +
-            (static_cast<std::size_t>(view.span->q_begin) *
-                 batch.shape.num_q_heads +
-             static_cast<std::size_t>(item.kv_head) * view.group + row) *
-                dim;
-        // A query always sees its own key, so sum > 0 for an unsplit item.
-        const float normaliser = batch.params.v_scale / rows[row].sum;
-        for (std::uint32_t d = 0; d < dim; ++d) {
-          out[d] = head_acc[d] * normaliser;
-        }
-      }
-    }
-  }
-}
-
 // Any head dim, any build: tiles through LoadKvTile and the vector helpers,
 // one kv head after the other.
 void RunDecodeItemGeneric(const KernelArgs& args, const WorkItem& item) {
-  const ItemView view = MakeView(args, item);
+  const DecodeItemView view = MakeDecodeItemView(args, item);
   const ValidatedBatch& batch = *view.batch;
   const std::uint32_t group = view.group;
   const std::uint32_t dim = view.dim;
@@ -188,7 +120,7 @@ void RunDecodeItemGeneric(const KernelArgs& args, const WorkItem& item) {
       }
     }
   }
-  Finish(args, item, view, scratch.acc.data(), scratch.rows.data());
+  FinishDecodeItem(args, item, view, scratch.acc.data(), scratch.rows.data());
 }
 
 #if defined(RPA_ATTENTION_AVX2)
@@ -196,29 +128,6 @@ void RunDecodeItemGeneric(const KernelArgs& args, const WorkItem& item) {
 // The unit steps (ChunkPass and its parts) are in decode_units_avx2.h.
 using decode_avx2::ChunkPass;
 using decode_avx2::kUnitTokens;
-
-// The slot addresses of positions [begin, end), padded with copies of the
-// last one to a multiple of 8 entries (the score kernels work on up to 8
-// tokens at a time).
-inline std::int32_t GatherSlots(const memory::KvLayerView& cache,
-                                const std::int32_t* pages, std::int32_t begin,
-                                std::int32_t end, const std::byte** slots) {
-  const auto ps = static_cast<std::int32_t>(cache.page_size_tokens);
-  std::int32_t count = 0;
-  std::int32_t position = begin;
-  while (position < end) {
-    const std::int32_t page_end = std::min(end, (position / ps + 1) * ps);
-    const std::byte* address =
-        KvRowAddress(cache, pages, position, /*kv_head=*/0, /*value=*/false);
-    for (; position < page_end; ++position) {
-      slots[count++] = address;
-      address += cache.token_bytes;
-    }
-  }
-  const std::int32_t padded = (count + 7) / 8 * 8;
-  for (std::int32_t i = count; i < padded; ++i) slots[i] = slots[count - 1];
-  return count;
-}
 
 // Prefetches the first cache line of the item's part of each of `count`
 // token rows, a block ahead of their use. Each row of a block is a 4 KiB OS
@@ -241,7 +150,7 @@ inline void PrefetchRowStarts(const std::byte* const* rows, std::int32_t count,
 // head), block-major.
 template <StorageType kType>
 void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
-  const ItemView view = MakeView(args, item);
+  const DecodeItemView view = MakeDecodeItemView(args, item);
   const ValidatedBatch& batch = *view.batch;
   const std::uint32_t group = view.group;
   const std::uint32_t dim = view.dim;
@@ -265,8 +174,9 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
   const std::byte** next_slots = slot_buffers[1].data();
   std::int32_t n =
       view.begin < view.end
-          ? GatherSlots(args.cache, view.pages, view.begin,
-                        std::min(view.end, view.begin + kUnitTokens), slots)
+          ? GatherDecodeSlots(args.cache, view.pages, view.begin,
+                              std::min(view.end, view.begin + kUnitTokens),
+                              slots)
           : 0;
   const std::size_t item_offset = 2 * item.kv_head * row_bytes;
   for (std::int32_t block = view.begin; block < view.end;
@@ -274,9 +184,9 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
     const std::int32_t next_begin = block + kUnitTokens;
     std::int32_t next_n = 0;
     if (next_begin < view.end) {
-      next_n =
-          GatherSlots(args.cache, view.pages, next_begin,
-                      std::min(view.end, next_begin + kUnitTokens), next_slots);
+      next_n = GatherDecodeSlots(args.cache, view.pages, next_begin,
+                                 std::min(view.end, next_begin + kUnitTokens),
+                                 next_slots);
       PrefetchRowStarts(next_slots, next_n, item_offset);
     }
     for (std::uint32_t i = 0; i < num_heads; ++i) {
@@ -330,7 +240,7 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
       state += 16;
     }
   }
-  Finish(args, item, view, scratch.acc.data(), scratch.rows.data());
+  FinishDecodeItem(args, item, view, scratch.acc.data(), scratch.rows.data());
 }
 
 #endif  // RPA_ATTENTION_AVX2
@@ -338,6 +248,7 @@ void RunDecodeItemAvx2(const KernelArgs& args, const WorkItem& item) {
 }  // namespace
 
 void RunDecodeItem(const KernelArgs& args, const WorkItem& item) {
+  if (args.decode_avx512 && RunDecodeItemAvx512(args, item)) return;
 #if defined(RPA_ATTENTION_AVX2)
   if (args.batch->shape.head_dim % 8 == 0) {
     switch (args.cache.storage) {

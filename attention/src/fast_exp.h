@@ -27,6 +27,17 @@ inline constexpr float kExpP3 = 4.1665795894E-2F;
 inline constexpr float kExpP4 = 1.6666665459E-1F;
 inline constexpr float kExpP5 = 5.0000001201E-1F;
 
+// 2^f for f in [-0.5, 0.5], highest degree first (relative error ~2e-7): the
+// exp2 of non-positive inputs in the flash kernel (flash_vec.h) and the
+// AVX-512 decode kernel, where 2^n is applied by exponent bits or scalef.
+inline constexpr float kExp2Poly[7] = {1.535336188319500E-4F,
+                                       1.339887440266574E-3F,
+                                       9.618437357674640E-3F,
+                                       5.550332471162809E-2F,
+                                       2.402264791363012E-1F,
+                                       6.931472028550421E-1F,
+                                       1.0F};
+
 #if defined(RPA_ATTENTION_AVX2)
 // Eight lanes of building_blocks.cc's ExpScalar (relative error <= 2e-7).
 // Lanes below kExpMinInput (-inf included) are blended to 0 after the

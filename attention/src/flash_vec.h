@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fast_exp.h"
+
 #if RPA_ATTENTION_AVX2
 #include <immintrin.h>
 #endif
@@ -88,13 +90,10 @@ RPA_FLASH_INLINE Vec8 Exp2NonPositive(Vec8 x) {
   const __m256 n =
       _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
-  __m256 y = _mm256_set1_ps(1.535336188319500E-4F);
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.339887440266574E-3F));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.618437357674640E-3F));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.550332471162809E-2F));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.402264791363012E-1F));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(6.931472028550421E-1F));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0F));
+  __m256 y = _mm256_set1_ps(kExp2Poly[0]);
+  for (std::size_t i = 1; i < 7; ++i) {
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kExp2Poly[i]));
+  }
   const __m256i exponent = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return {_mm256_mul_ps(y, _mm256_castsi256_ps(exponent))};
@@ -176,13 +175,8 @@ RPA_FLASH_INLINE Float4 Exp2NonPositive4(Float4 x) {
   const Float4 magic = Splat4(12582912.0F);
   const Float4 n = (t + magic) - magic;
   const Float4 f = t - n;
-  Float4 y = Splat4(1.535336188319500E-4F);
-  y = y * f + Splat4(1.339887440266574E-3F);
-  y = y * f + Splat4(9.618437357674640E-3F);
-  y = y * f + Splat4(5.550332471162809E-2F);
-  y = y * f + Splat4(2.402264791363012E-1F);
-  y = y * f + Splat4(6.931472028550421E-1F);
-  y = y * f + Splat4(1.0F);
+  Float4 y = Splat4(kExp2Poly[0]);
+  for (std::size_t i = 1; i < 7; ++i) y = y * f + Splat4(kExp2Poly[i]);
   const Int4 exponent = (__builtin_convertvector(n, Int4) + 127) << 23;
   return y * std::bit_cast<Float4>(exponent);
 }

@@ -17,10 +17,11 @@ namespace rpa::attention::internal {
 
 struct KernelArgs {
   const ValidatedBatch* batch = nullptr;
-  const float* q = nullptr;   // [T, Hq, D]
-  memory::KvLayerView cache;  // the new tokens are already in it
-  float* out = nullptr;       // [T_used, Hq, D]
-  float* partials = nullptr;  // PlanData::num_partials slots
+  const float* q = nullptr;    // [T, Hq, D]
+  memory::KvLayerView cache;   // the new tokens are already in it
+  float* out = nullptr;        // [T_used, Hq, D]
+  float* partials = nullptr;   // PlanData::num_partials slots
+  bool decode_avx512 = false;  // PlanData::decode_avx512_allowed
 };
 
 // Floats in one partial slot: group_size rows x (max, sum, acc[D]).
@@ -31,6 +32,17 @@ inline std::size_t PartialSlotFloats(const ValidatedBatch& batch) {
 
 // q_len 1 items, possibly a KV split (partial >= 0).
 void RunDecodeItem(const KernelArgs& args, const WorkItem& item);
+
+// The AVX-512 decode kernel (decode_kernel_avx512.cc). Avx512DecodeSupports:
+// whether its shapes cover an item of `num_kv_heads` kv heads (head_dim a
+// multiple of 16; group 1, 2, 4, 8 or 16; num_kv_heads x group a multiple of
+// 8, at most 256). CpuRunsAvx512Decode: this build has it and the CPU has
+// AVX-512 F/BW/DQ/VL. RunDecodeItemAvx512 runs the item and returns true, or
+// returns false (nothing written) when either says no.
+bool Avx512DecodeSupports(const ValidatedBatch& batch,
+                          std::uint32_t num_kv_heads);
+bool CpuRunsAvx512Decode();
+bool RunDecodeItemAvx512(const KernelArgs& args, const WorkItem& item);
 // Flash-attention tiling; prefill and mixed items (any q_len).
 void RunFlashItem(const KernelArgs& args, const WorkItem& item,
                   const BlockSizes& blocks);

@@ -275,6 +275,17 @@ void PlanInto(const PlanOptions& options, PlanData* data) {
     }
   }
   SplitDecodeItems(batch, options, data);
+  data->decode_avx512_allowed =
+      options.allow_avx512_decode && internal::CpuRunsAvx512Decode();
+  bool any_decode = false;
+  bool all_avx512 = data->decode_avx512_allowed;
+  for (const WorkItem& item : data->items) {
+    if (item.kernel != KernelKind::kDecode) continue;
+    any_decode = true;
+    all_avx512 =
+        all_avx512 && internal::Avx512DecodeSupports(batch, item.num_kv_heads);
+  }
+  data->decode_avx512 = any_decode && all_avx512;
   // Largest first, so that the last items to start are the short ones and
   // the threads finish together; equal items keep creation (sequence)
   // order. std::sort with the order tie-break, not std::stable_sort, whose
@@ -331,6 +342,7 @@ KernelKind AttentionPlan::kernel_for_range(int range) const {
 std::uint32_t AttentionPlan::num_work_items() const {
   return static_cast<std::uint32_t>(data_->items.size());
 }
+bool AttentionPlan::decode_uses_avx512() const { return data_->decode_avx512; }
 const BatchCost& AttentionPlan::cost() const { return data_->batch.cost; }
 const BatchCost& AttentionPlan::range_cost(int range) const {
   RPA_CHECK(range >= 0 && range < 3);

@@ -94,6 +94,12 @@ struct PlanData {
   // The caller's options with the block sizes resolved (0 -> the defaults).
   PlanOptions options;
   std::vector<WorkItem> items;  // largest first
+  // Decode items may run on the AVX-512 decode kernel (the option and the
+  // CPU allow it; each item still needs a shape it takes), and every one of
+  // them does (false when there are none): see
+  // PlanOptions::allow_avx512_decode.
+  bool decode_avx512_allowed = false;
+  bool decode_avx512 = false;
 
   // The resolved block sizes of a flash-kernel (prefill or mixed) item.
   const BlockSizes& flash_blocks(KernelKind kind) const {

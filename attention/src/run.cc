@@ -219,6 +219,7 @@ Status Run(const AttentionPlan& plan, const BatchTensors& tensors,
   args.cache = tensors.cache;
   args.out = tensors.out.data();
   args.partials = partials->data();
+  args.decode_avx512 = data.decode_avx512_allowed;
   const auto run_item = [&](std::size_t index) {
     const WorkItem& item = data.items[index];
     if (item.kernel == KernelKind::kDecode) {

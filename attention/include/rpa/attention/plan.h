@@ -89,6 +89,13 @@ struct PlanOptions {
   std::uint32_t decode_min_kv_tokens_per_split = 0;
   BlockSizes prefill_blocks{};
   BlockSizes mixed_blocks{};
+  // Decode items run on the AVX-512 decode kernel when this CPU has AVX-512
+  // (F, BW, DQ, VL) and the shape suits it (head_dim a multiple of 16, group
+  // size 1, 2, 4, 8 or 16, an item's kv heads x group a multiple of 8 and at
+  // most 256); otherwise, or with false, on the AVX2 kernel. Same results
+  // within SPEC section 4's bounds; AttentionPlan::decode_uses_avx512 says
+  // whether every decode item took the AVX-512 kernel.
+  bool allow_avx512_decode = true;
 };
 
 namespace internal {
@@ -141,6 +148,11 @@ class AttentionPlan {
   std::uint32_t num_used_tokens() const;         // T_used = cu_q_lens[d2]
   KernelKind kernel_for_range(int range) const;  // range 0, 1, 2
   std::uint32_t num_work_items() const;
+  // Whether every decode item of the plan runs on the AVX-512 decode kernel
+  // (PlanOptions::allow_avx512_decode; an item it does not take, e.g. a
+  // split across kv heads that leaves its heads x group not a multiple of 8,
+  // runs on the AVX2 kernel); false for a plan without decode items.
+  bool decode_uses_avx512() const;
   // Bytes moved and FLOPs of SPEC section 7 (whole batch and per range).
   const BatchCost& cost() const;
   const BatchCost& range_cost(int range) const;
