@@ -11,9 +11,9 @@
 //       into their load.
 // While a block is computed, the next block's rows are prefetched two lines
 // per inner step of (A) and (C), front to back, with the first line of the
-// row a block ahead and the whole rows of the next two tokens: on the Zen 5 host
-// (1 thread, f16, 32 x 2048 keys) 23-24 ns per (key, kv head) against the
-// AVX2 kernel's 42-44.
+// row a block ahead and the whole rows of the next two keys. On the Zen 5
+// host (1 thread, f16, 32 x 2048 keys, ns per (key, kv head)): 28-29 cold and
+// 19.5-20 warm, against the AVX2 kernel's 42-44 and 27-33.
 //
 // Only the kernel functions are AVX-512 code (a target attribute, not
 // file-wide flags): the inline helpers this file shares with the rest of the

@@ -88,6 +88,7 @@ StatusOr<Row> MeasureRow(scheduler::AttentionWorkload& workload, int threads,
                          const BenchAttentionArgs& args) {
   attention::PlanOptions options;
   options.parallelism = threads;
+  options.allow_avx512_decode = args.avx512_decode;
   RPA_ASSIGN_OR_RETURN(
       attention::AttentionPlan plan,
       attention::AttentionPlan::Create(workload.metadata(), workload.cache(),

@@ -34,6 +34,8 @@ struct BenchAttentionArgs {
   std::string filter;        // POSIX extended regex, searched in the row name
   double min_time_ms = 100;  // per repetition (several Runs if one is shorter)
   int buffer_mib = 512;      // roofline probe buffer
+  // false: every decode item on the AVX2 kernel (for A/B runs).
+  bool avx512_decode = true;
 };
 int RunBenchAttention(const BenchAttentionArgs& args);
 

@@ -3,7 +3,7 @@
 //   rpa attend CASE_DIR OUT_DIR [--threads N]
 //   rpa roofline [--threads N] [--json]
 //   rpa bench attention [--threads 1,2] [--repetitions N] [--json] [--filter
-//   REGEX]
+//   REGEX] [--no-avx512-decode]
 //   rpa bench pipeline [--device tpu7x|none] [--no-host] [--json]
 //   rpa tune --target host|v5e|v6e|tpu7x|FILE.json [--out FILE] [--quick]
 //
@@ -66,6 +66,9 @@ int main(int argc, char** argv) {
                               "print only a JSON array of rows on stdout");
     bench_attention->add_option("--filter", bench.filter,
                                 "regex: run the rows whose name matches");
+    bench_attention->add_flag(
+        "!--no-avx512-decode", bench.avx512_decode,
+        "run decode on the AVX2 kernel even where AVX-512 is available");
     bench_attention
         ->add_option("--min-time-ms", bench.min_time_ms,
                      "minimum time of one repetition")
