@@ -11,6 +11,11 @@
 // out of every 4 KiB: a new DRAM page and a broken hardware-prefetch stream
 // on every row (measured 2-3x slower per byte).
 //
+// RunDecodeItem first offers the item to the AVX-512 kernel
+// (decode_kernel_avx512.cc) when the plan allows it; that kernel takes it if
+// the CPU and the item's shape suit it. What follows is the AVX2 path and the
+// generic one.
+//
 // The AVX2 path reads K and V straight from the pages (f16 / bf16 converted
 // in registers, no tile copy), in units of one kv head over a block of up to
 // kUnitTokens keys (see kUnitTokens for why small); for each unit and each
