@@ -208,7 +208,9 @@ RPA_AVX512 void AccumulateColumns(
 // Rows (query heads) num_heads * kGroup, q rows dim apart, row r served by
 // kv head r / kGroup; slots[k]: the item's part of key k's token row (kv
 // head i's K at + 2 i row_bytes, V at + (2 i + 1) row_bytes). acc: rows x
-// dim unnormalised; max and sum: the rows' running softmax states.
+// dim unnormalised; max and sum: the rows' running softmax states, `lanes`
+// (rows rounded up to 16) long. The caller starts them empty (acc 0, max
+// -inf, sum 0): an item without keys keeps that state.
 template <StorageType kType, std::uint32_t kGroup>
 RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
                            const std::byte* const* slots, std::int32_t count,
@@ -222,11 +224,6 @@ RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
   const std::uint32_t lanes = (rows + 15) / 16 * 16;
   const std::uint32_t dim = g.dim;
   const std::size_t rb = g.row_bytes;
-  for (std::uint32_t r = 0; r < lanes; ++r) {
-    max[r] = -__builtin_inff();
-    sum[r] = 0.0F;
-  }
-  std::fill(acc, acc + static_cast<std::size_t>(rows) * dim, 0.0F);
   alignas(64) float s[kBlockTokens][kMaxItemRows];
   alignas(64) float factor[kMaxItemRows];
   for (auto& row : s) std::fill(row + rows, row + lanes, 0.0F);
