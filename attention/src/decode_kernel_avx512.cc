@@ -9,11 +9,12 @@
 //   (C) V accumulation per kv head and column chunk, the rows' accumulators
 //       in registers across the block's tokens, the softmax rescale fused
 //       into their load.
-// While a block is computed, the next block's rows are prefetched two lines
-// per inner step of (A) and (C), front to back, with the first line of the
-// row a block ahead and the whole rows of the next two keys. On the Zen 5
-// host (1 thread, f16, 32 x 2048 keys, ns per (key, kv head)): 28-29 cold and
-// 19.5-20 warm, against the AVX2 kernel's 42-44 and 27-33.
+// While a block is computed, the next block's rows are prefetched front to
+// back, a few lines per inner step of (A) and (C) (as many as cover the
+// block), and the first line of each of its rows somewhat earlier. On the
+// Zen 5 host (1 thread, f16, ns per (key, kv head), session 15): 27.5-31.7
+// cold (32 x 2048 keys) and 15.4-16.2 warm (1 x 128 keys, in L2), against
+// the AVX2 kernel's 44.5-47.9 cold (bench/HISTORY.md).
 //
 // Only the kernel functions are AVX-512 code (a target attribute, not
 // file-wide flags): the inline helpers this file shares with the rest of the
@@ -131,33 +132,47 @@ RPA_AVX512 inline __m512 Reduce16(const __m512* v) {
                        _mm512_shuffle_f32x4(d01, d23, 0xDD));
 }
 
-// Walks the lines of the next block's rows (the item's part of each), two
-// per step.
+// Walks the lines of the next block's rows (the item's part of each) front
+// to back, kLines per step. A step is kLines prefetches, an add and a
+// compare: the position is an address, not a (row, line) pair, and once past
+// the last row the cursor re-touches that row's last lines (cache hits)
+// instead of testing for the end. The last step of a row may touch up to
+// kLines - 1 lines past the item's part; a prefetch never faults and loads
+// nothing the kernel reads.
+template <std::size_t kLines>
 struct PrefetchCursor {
-  const std::byte* const* rows = nullptr;
-  std::int32_t count = 0;
-  std::int32_t row = 0;
-  std::size_t line = 0;
-  std::size_t lines = 0;
+  const std::byte* const* next_rows = nullptr;  // rows not started yet
+  std::int32_t rows_left = 0;
+  std::uintptr_t line = 0;
+  std::uintptr_t row_end = 0;
+  std::size_t row_bytes = 0;
+
+  void Start(const std::byte* const* rows, std::int32_t count,
+             std::size_t bytes) {
+    row_bytes = bytes;
+    next_rows = rows;
+    rows_left = count;
+    NextRow();
+  }
 
   void Step() {
-    for (int k = 0; k < 2; ++k) {
-      if (row >= count) return;
-      _mm_prefetch(reinterpret_cast<const char*>(rows[row] + line * 64),
-                   _MM_HINT_T0);
-      if (++line == lines) {
-        line = 0;
-        ++row;
-      }
+    for (std::size_t k = 0; k < kLines; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(line + 64 * k), _MM_HINT_T0);
+    }
+    line += 64 * kLines;
+    if (line >= row_end) NextRow();
+  }
+
+  void NextRow() {
+    if (rows_left > 0) {
+      line = reinterpret_cast<std::uintptr_t>(*next_rows++);
+      row_end = line + row_bytes;
+      --rows_left;
+    } else {
+      line -= 64 * kLines;
     }
   }
 };
-
-void PrefetchLines(const std::byte* row, std::size_t lines) {
-  for (std::size_t line = 0; line < lines; ++line) {
-    _mm_prefetch(reinterpret_cast<const char*>(row + line * 64), _MM_HINT_T0);
-  }
-}
 
 struct ItemGeometry {
   std::uint32_t num_heads = 0;
@@ -170,12 +185,15 @@ struct ItemGeometry {
 
 // (C) for kRows query rows of one kv head (from row r0) and kCols zmm
 // columns from column c: acc = acc * factor + sum_t p(t, row) V_t.
-template <StorageType kType, std::uint32_t kRows, std::uint32_t kCols>
-RPA_AVX512 void AccumulateColumns(
-    const ItemGeometry& g, const std::byte* const* block_rows,
-    std::int32_t num_tokens, std::size_t value_offset,
-    const float (*p)[kMaxItemRows], const float* factor, std::uint32_t r0,
-    std::uint32_t c, PrefetchCursor* cursor, float* acc) {
+template <StorageType kType, std::uint32_t kRows, std::uint32_t kCols,
+          typename Cursor>
+RPA_AVX512 void AccumulateColumns(const ItemGeometry& g,
+                                  const std::byte* const* block_rows,
+                                  std::int32_t num_tokens,
+                                  std::size_t value_offset,
+                                  const float (*p)[kMaxItemRows],
+                                  const float* factor, std::uint32_t r0,
+                                  std::uint32_t c, Cursor* cursor, float* acc) {
   constexpr std::size_t kEb = memory::StorageBytes(kType);
   __m512 a[kRows][kCols];
   for (std::uint32_t r = 0; r < kRows; ++r) {
@@ -220,6 +238,13 @@ RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
   constexpr std::uint32_t kHeadsPerTile = kGroup >= 8 ? 1 : 8 / kGroup;
   constexpr std::uint32_t kCols = kGroup <= 4 ? 4 : 2;
   constexpr std::uint32_t kRowsPerPass = kGroup <= 8 ? kGroup : 8;
+  // Lines per step that spread the next block's lines over this block's
+  // steps of (A) and (C): per token, kv head and 32 columns, (A) takes
+  // kGroup / 8 steps and (C) 2 kGroup / (kRowsPerPass kCols), for kEb lines.
+  constexpr std::size_t kLinesPerStep =
+      (kEb * 8 * kCols * kRowsPerPass + kGroup * (kCols * kRowsPerPass + 16) -
+       1) /
+      (kGroup * (kCols * kRowsPerPass + 16));
   const std::uint32_t rows = g.num_heads * kGroup;
   const std::uint32_t lanes = (rows + 15) / 16 * 16;
   const std::uint32_t dim = g.dim;
@@ -232,20 +257,19 @@ RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
     const std::byte* block_rows[kBlockTokens + 1];
     for (std::int32_t t = 0; t < nb; ++t) block_rows[t] = slots[b0 + t];
     block_rows[nb] = block_rows[nb - 1];  // an odd tail's pair partner
-    PrefetchCursor cursor;
+    PrefetchCursor<kLinesPerStep> cursor;
     if (b0 + kBlockTokens < count) {
-      cursor.rows = slots + b0 + kBlockTokens;
-      cursor.count = std::min(kBlockTokens, count - b0 - kBlockTokens);
-      cursor.lines = g.item_lines;
+      cursor.Start(slots + b0 + kBlockTokens,
+                   std::min(kBlockTokens, count - b0 - kBlockTokens),
+                   g.item_lines * 64);
+    } else {
+      cursor.Start(block_rows, 1, g.item_lines * 64);  // the last block: hits
     }
     // (A) scores, two tokens at a time, the rows in tiles of 8.
     for (std::int32_t t = 0; t < nb; t += 2) {
       for (std::int32_t k = b0 + t + kBlockTokens;
            k < std::min(count, b0 + t + kBlockTokens + 2); ++k) {
         _mm_prefetch(reinterpret_cast<const char*>(slots[k]), _MM_HINT_T0);
-      }
-      for (std::int32_t k = b0 + t + 1; k < std::min(count, b0 + t + 3); ++k) {
-        PrefetchLines(slots[k], g.item_lines);
       }
       for (std::uint32_t r0 = 0; r0 < rows; r0 += 8) {
         const std::uint32_t head0 = r0 / kGroup;
