@@ -50,8 +50,8 @@ int RunRoofline(const RooflineArgs& args) {
         roofline->used_avx2_fma ? "AVX2 FMA" : "scalar, no AVX2/FMA");
     if (roofline->avx512_fma_peak_flops_per_s > 0) {
       std::printf(
-          "  AVX-512 FMA peak %.1f GFLOP/s (reference only: the kernels are "
-          "AVX2 code, so the floor uses the AVX2 peak)\n",
+          "  AVX-512 FMA peak %.1f GFLOP/s (the limit of work that runs only "
+          "on the AVX-512 decode kernel; the flash kernels are AVX2 code)\n",
           roofline->avx512_fma_peak_flops_per_s / 1e9);
     }
   }
