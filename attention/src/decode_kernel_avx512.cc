@@ -11,10 +11,12 @@
 //       into their load.
 // While a block is computed, the next block's rows are prefetched front to
 // back, a few lines per inner step of (A) and (C) (as many as cover the
-// block), and the first line of each of its rows somewhat earlier. On the
-// Zen 5 host (1 thread, f16, ns per (key, kv head), session 15): 27.5-31.7
-// cold (32 x 2048 keys) and 15.4-16.2 warm (1 x 128 keys, in L2), against
-// the AVX2 kernel's 44.5-47.9 cold (bench/HISTORY.md).
+// block), and the first line of each of its rows somewhat earlier; the
+// rows go through (A)-(C) in passes of 16. On the Zen 5 host (1 thread,
+// f16, ns per (key, kv head), runs alternated, session 15): 33.7-35.9 cold
+// (32 x 2048 keys) against the session 14 version's 40.2-43.1 and the AVX2
+// kernel's 58-64, in a minute when memory was slow; 16.4 warm (1 x 128
+// keys, in L2) (bench/HISTORY.md).
 //
 // Only the kernel functions are AVX-512 code (a target attribute, not
 // file-wide flags): the inline helpers this file shares with the rest of the
@@ -183,6 +185,22 @@ struct ItemGeometry {
   float soft_cap = 0.0F;
 };
 
+// Soft cap (rare: Gemma-style models) on the scores s[0, tokens) x [begin,
+// end): scalar libm tanh, as ScaleAndCapScores. Out of line and called with
+// bounds recomputed from the pass's live values: inlined, or with bounds the
+// loops above had to keep alive, it cost the hot loops registers (the cold
+// f16 decode ran ~10 % slower).
+[[gnu::noinline]] void CapScores(float cap, std::int32_t tokens,
+                                 std::uint32_t begin, std::uint32_t end,
+                                 float (*s)[kMaxItemRows]) {
+  const float inverse_cap = 1.0F / cap;
+  for (std::int32_t t = 0; t < tokens; ++t) {
+    for (std::uint32_t r = begin; r < end; ++r) {
+      s[t][r] = cap * std::tanh(s[t][r] * inverse_cap);
+    }
+  }
+}
+
 // (C) for kRows query rows of one kv head (from row r0) and kCols zmm
 // columns from column c: acc = acc * factor + sum_t p(t, row) V_t.
 template <StorageType kType, std::uint32_t kRows, std::uint32_t kCols,
@@ -265,84 +283,96 @@ RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
     } else {
       cursor.Start(block_rows, 1, g.item_lines * 64);  // the last block: hits
     }
-    // (A) scores, two tokens at a time, the rows in tiles of 8.
-    for (std::int32_t t = 0; t < nb; t += 2) {
-      for (std::int32_t k = b0 + t + kBlockTokens;
-           k < std::min(count, b0 + t + kBlockTokens + 2); ++k) {
-        _mm_prefetch(reinterpret_cast<const char*>(slots[k]), _MM_HINT_T0);
-      }
-      for (std::uint32_t r0 = 0; r0 < rows; r0 += 8) {
-        const std::uint32_t head0 = r0 / kGroup;
-        __m512 a[16];
-        for (auto& x : a) x = _mm512_setzero_ps();
-        for (std::uint32_t c = 0; c < dim; c += 16) {
-          cursor.Step();
-          __m512 k[2][kHeadsPerTile];
-          for (std::uint32_t tt = 0; tt < 2; ++tt) {
-            for (std::uint32_t kh = 0; kh < kHeadsPerTile; ++kh) {
-              k[tt][kh] =
-                  Load16<kType>(block_rows[static_cast<std::size_t>(t) + tt] +
-                                2 * (head0 + kh) * rb + c * kEb);
-            }
-          }
-          for (std::uint32_t j = 0; j < 8; ++j) {
-            const __m512 qv =
-                _mm512_loadu_ps(q + static_cast<std::size_t>(r0 + j) * dim + c);
-            const std::uint32_t kh = kGroup >= 8 ? 0 : j / kGroup;
+    // The block's rows in passes of 16 (as many kv heads as that takes),
+    // each through (A), (B) and (C) before the next: the queries and
+    // accumulators in use (8 KiB each at head dim 128, instead of 16) leave
+    // more of the L1 to the rows streaming through. Zen 5, 32 x 2048 keys,
+    // against one pass of all 32 rows: 10-12 % less time cold for f16 on 1
+    // and 2 threads, 5 % for f32, 4 % more warm (bench/HISTORY.md, "Session
+    // 15"). Row counts that are not a multiple of 16 take one pass, their
+    // lanes padded.
+    const std::uint32_t pass_heads =
+        rows % 16 == 0 && kGroup <= 16 ? 16 / kGroup : g.num_heads;
+    for (std::uint32_t h0 = 0; h0 < g.num_heads; h0 += pass_heads) {
+      const std::uint32_t row_begin = h0 * kGroup;
+      const std::uint32_t row_end = (h0 + pass_heads) * kGroup;
+      const std::uint32_t lane_end =
+          pass_heads == g.num_heads ? lanes : row_end;
+      // (A) scores, two tokens at a time, the rows in tiles of 8.
+      for (std::int32_t t = 0; t < nb; t += 2) {
+        for (std::int32_t k = b0 + t + kBlockTokens;
+             k < std::min(count, b0 + t + kBlockTokens + 2); ++k) {
+          _mm_prefetch(reinterpret_cast<const char*>(slots[k]), _MM_HINT_T0);
+        }
+        for (std::uint32_t r0 = row_begin; r0 < row_end; r0 += 8) {
+          const std::uint32_t head0 = r0 / kGroup;
+          __m512 a[16];
+          for (auto& x : a) x = _mm512_setzero_ps();
+          for (std::uint32_t c = 0; c < dim; c += 16) {
+            cursor.Step();
+            __m512 k[2][kHeadsPerTile];
             for (std::uint32_t tt = 0; tt < 2; ++tt) {
-              a[tt * 8 + j] = _mm512_fmadd_ps(qv, k[tt][kh], a[tt * 8 + j]);
+              for (std::uint32_t kh = 0; kh < kHeadsPerTile; ++kh) {
+                k[tt][kh] =
+                    Load16<kType>(block_rows[static_cast<std::size_t>(t) + tt] +
+                                  2 * (head0 + kh) * rb + c * kEb);
+              }
+            }
+            for (std::uint32_t j = 0; j < 8; ++j) {
+              const __m512 qv = _mm512_loadu_ps(
+                  q + static_cast<std::size_t>(r0 + j) * dim + c);
+              const std::uint32_t kh = kGroup >= 8 ? 0 : j / kGroup;
+              for (std::uint32_t tt = 0; tt < 2; ++tt) {
+                a[tt * 8 + j] = _mm512_fmadd_ps(qv, k[tt][kh], a[tt * 8 + j]);
+              }
             }
           }
-        }
-        const __m512 scores =
-            _mm512_mul_ps(Reduce16(a), _mm512_set1_ps(g.scale));
-        _mm256_store_ps(&s[t][r0], _mm512_castps512_ps256(scores));
-        _mm256_store_ps(&s[t + 1][r0], _mm512_extractf32x8_ps(scores, 1));
-      }
-    }
-    if (g.soft_cap != 0.0F) {
-      // Rare (Gemma-style models): scalar libm tanh, as ScaleAndCapScores.
-      const float inverse_cap = 1.0F / g.soft_cap;
-      for (std::int32_t t = 0; t < nb; ++t) {
-        for (std::uint32_t r = 0; r < rows; ++r) {
-          s[t][r] = g.soft_cap * std::tanh(s[t][r] * inverse_cap);
+          const __m512 scores =
+              _mm512_mul_ps(Reduce16(a), _mm512_set1_ps(g.scale));
+          _mm256_store_ps(&s[t][r0], _mm512_castps512_ps256(scores));
+          _mm256_store_ps(&s[t + 1][r0], _mm512_extractf32x8_ps(scores, 1));
         }
       }
-    }
-    // (B) the online softmax, rows as lanes.
-    for (std::uint32_t j = 0; j < lanes; j += 16) {
-      __m512 block_max = _mm512_load_ps(&s[0][j]);
-      for (std::int32_t t = 1; t < nb; ++t) {
-        block_max = _mm512_max_ps(block_max, _mm512_load_ps(&s[t][j]));
+      if (g.soft_cap != 0.0F) {
+        CapScores(g.soft_cap, nb, h0 * kGroup, (h0 + pass_heads) * kGroup, s);
       }
-      const __m512 old_max = _mm512_loadu_ps(max + j);
-      const __m512 new_max = _mm512_max_ps(old_max, block_max);
-      const __m512 f = Exp16(_mm512_sub_ps(old_max, new_max));
-      __m512 block_sum = _mm512_setzero_ps();
-      for (std::int32_t t = 0; t < nb; ++t) {
-        const __m512 p =
-            Exp16(_mm512_sub_ps(_mm512_load_ps(&s[t][j]), new_max));
-        _mm512_store_ps(&s[t][j], p);
-        block_sum = _mm512_add_ps(block_sum, p);
-      }
-      _mm512_storeu_ps(max + j, new_max);
-      _mm512_storeu_ps(sum + j,
-                       _mm512_fmadd_ps(_mm512_loadu_ps(sum + j), f, block_sum));
-      _mm512_store_ps(factor + j, f);
-    }
-    // (C) V, per kv head and chunk of columns.
-    for (std::uint32_t i = 0; i < g.num_heads; ++i) {
-      const std::size_t value_offset = (2 * i + 1) * rb;
-      for (std::uint32_t g0 = 0; g0 < kGroup; g0 += kRowsPerPass) {
-        const std::uint32_t r0 = i * kGroup + g0;
-        std::uint32_t c = 0;
-        for (; c + 16 * kCols <= dim; c += 16 * kCols) {
-          AccumulateColumns<kType, kRowsPerPass, kCols>(
-              g, block_rows, nb, value_offset, s, factor, r0, c, &cursor, acc);
+      // (B) the online softmax, rows as lanes.
+      for (std::uint32_t j = row_begin; j < lane_end; j += 16) {
+        __m512 block_max = _mm512_load_ps(&s[0][j]);
+        for (std::int32_t t = 1; t < nb; ++t) {
+          block_max = _mm512_max_ps(block_max, _mm512_load_ps(&s[t][j]));
         }
-        for (; c < dim; c += 16) {
-          AccumulateColumns<kType, kRowsPerPass, 1>(
-              g, block_rows, nb, value_offset, s, factor, r0, c, &cursor, acc);
+        const __m512 old_max = _mm512_loadu_ps(max + j);
+        const __m512 new_max = _mm512_max_ps(old_max, block_max);
+        const __m512 f = Exp16(_mm512_sub_ps(old_max, new_max));
+        __m512 block_sum = _mm512_setzero_ps();
+        for (std::int32_t t = 0; t < nb; ++t) {
+          const __m512 p =
+              Exp16(_mm512_sub_ps(_mm512_load_ps(&s[t][j]), new_max));
+          _mm512_store_ps(&s[t][j], p);
+          block_sum = _mm512_add_ps(block_sum, p);
+        }
+        _mm512_storeu_ps(max + j, new_max);
+        _mm512_storeu_ps(
+            sum + j, _mm512_fmadd_ps(_mm512_loadu_ps(sum + j), f, block_sum));
+        _mm512_store_ps(factor + j, f);
+      }
+      // (C) V, per kv head and chunk of columns.
+      for (std::uint32_t i = h0; i < h0 + pass_heads; ++i) {
+        const std::size_t value_offset = (2 * i + 1) * rb;
+        for (std::uint32_t g0 = 0; g0 < kGroup; g0 += kRowsPerPass) {
+          const std::uint32_t r0 = i * kGroup + g0;
+          std::uint32_t c = 0;
+          for (; c + 16 * kCols <= dim; c += 16 * kCols) {
+            AccumulateColumns<kType, kRowsPerPass, kCols>(
+                g, block_rows, nb, value_offset, s, factor, r0, c, &cursor,
+                acc);
+          }
+          for (; c < dim; c += 16) {
+            AccumulateColumns<kType, kRowsPerPass, 1>(g, block_rows, nb,
+                                                      value_offset, s, factor,
+                                                      r0, c, &cursor, acc);
+          }
         }
       }
     }

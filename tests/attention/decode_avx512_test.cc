@@ -72,9 +72,12 @@ struct Shape {
 };
 
 TEST(DecodeAvx512Test, MatchesTheOracleAndTheAvx2KernelOnEveryShape) {
+  // Rows (query heads of an item) of 8, 16 and 24 take one pass per block,
+  // 32 and 64 passes of 16 rows (1, 2, 4, 8 or 16 kv heads at a time).
   const std::vector<Shape> shapes = {
-      {8, 8, 64},   {16, 8, 64}, {32, 8, 128}, {8, 1, 80},  {16, 1, 64},
-      {32, 2, 256}, {6, 2, 64},  {4, 4, 64},   {32, 8, 72}, {64, 4, 64}};
+      {8, 8, 64},   {16, 8, 64},  {32, 8, 128}, {8, 1, 80},  {16, 1, 64},
+      {32, 2, 256}, {6, 2, 64},   {4, 4, 64},   {32, 8, 72}, {64, 4, 64},
+      {24, 6, 32},  {32, 32, 16}, {32, 16, 16}, {32, 4, 32}};
   for (StorageType storage :
        {StorageType::kF32, StorageType::kF16, StorageType::kBf16}) {
     for (const Shape& shape : shapes) {
