@@ -2,7 +2,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -21,20 +20,12 @@ using ::testing::HasSubstr;
 using Result = testing_util::CliResult;
 using testing_util::Slurp;
 
-class CliAttendTest : public ::testing::Test {
+class CliAttendTest : public testing_util::CliTest {
  protected:
   void SetUp() override {
-    root_ = std::filesystem::path(::testing::TempDir()) /
-            ("cli_attend_test_" + std::to_string(::getpid()));
-    std::filesystem::remove_all(root_);
-    std::filesystem::create_directories(root_);
+    CliTest::SetUp();
     small_.Generate();
     small_.Write(root_ / "case");
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-
-  Result Rpa(const std::string& args) {
-    return testing_util::RunRpa(root_, args);
   }
 
   std::vector<std::string> OutputFiles(const std::string& dir) const {
@@ -46,7 +37,6 @@ class CliAttendTest : public ::testing::Test {
     return names;
   }
 
-  std::filesystem::path root_;
   testing::SmallCase small_;
 };
 

@@ -5,9 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <filesystem>
 #include <set>
 #include <string>
 
@@ -21,26 +19,12 @@ using ::testing::HasSubstr;
 using Json = nlohmann::json;
 using Result = testing_util::CliResult;
 
-class CliBenchTest : public ::testing::Test {
+class CliBenchTest : public testing_util::CliTest {
  protected:
-  void SetUp() override {
-    root_ = std::filesystem::path(::testing::TempDir()) /
-            ("cli_bench_test_" + std::to_string(::getpid()));
-    std::filesystem::remove_all(root_);
-    std::filesystem::create_directories(root_);
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-
-  Result Rpa(const std::string& args) {
-    return testing_util::RunRpa(root_, args);
-  }
-
   // One repetition of one run per row, a small probe buffer.
   static std::string Quick() {
     return "bench attention --repetitions 1 --min-time-ms 0 --buffer-mib 8 ";
   }
-
-  std::filesystem::path root_;
 };
 
 TEST_F(CliBenchTest, JsonIsOneArrayOfRowsAndNothingElse) {

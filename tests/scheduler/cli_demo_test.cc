@@ -4,7 +4,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -21,20 +20,8 @@ using Json = nlohmann::json;
 using Result = testing_util::CliResult;
 using testing_util::Slurp;
 
-class CliDemoTest : public ::testing::Test {
+class CliDemoTest : public testing_util::CliTest {
  protected:
-  void SetUp() override {
-    root_ = std::filesystem::path(::testing::TempDir()) /
-            ("cli_demo_test_" + std::to_string(::getpid()));
-    std::filesystem::remove_all(root_);
-    std::filesystem::create_directories(root_);
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-
-  Result Rpa(const std::string& args) {
-    return testing_util::RunRpa(root_, args);
-  }
-
   // A tiny configuration: short requests, one layer, a few verified rows.
   static std::string Tiny() {
     return "demo --layers 1 --length-scale 0.05 --max-prompt-tokens 48 "
@@ -69,8 +56,6 @@ class CliDemoTest : public ::testing::Test {
     EXPECT_EQ(s["verification"]["passed"], true);
     EXPECT_GT(s["verification"]["rows"].get<int>(), 0);
   }
-
-  std::filesystem::path root_;
 };
 
 TEST_F(CliDemoTest, HostRunFinishesEveryRequestAndWritesBothFiles) {

@@ -2,13 +2,16 @@
 // Runs the built `rpa` binary (RPA_CLI_PATH) for the end-to-end CLI tests,
 // capturing its exit code, stdout and stderr through files in a scratch
 // directory.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 
 namespace rpa::scheduler::testing_util {
 
@@ -39,5 +42,25 @@ inline CliResult RunRpa(const std::filesystem::path& scratch_dir,
   result.err = Slurp(scratch_dir / "stderr");
   return result;
 }
+
+// A fixture with a scratch directory of its own (named after the test suite
+// and the process, removed after each test) and Rpa(args) to run the binary
+// there.
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string suite =
+        ::testing::UnitTest::GetInstance()->current_test_suite()->name();
+    root_ = std::filesystem::path(::testing::TempDir()) /
+            (suite + "_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_);
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+
+  CliResult Rpa(const std::string& args) { return RunRpa(root_, args); }
+
+  std::filesystem::path root_;
+};
 
 }  // namespace rpa::scheduler::testing_util
