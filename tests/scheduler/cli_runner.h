@@ -11,7 +11,6 @@
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <string_view>
 
 namespace rpa::scheduler::testing_util {
 
