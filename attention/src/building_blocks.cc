@@ -127,15 +127,29 @@ void ScaleAndCapScores(float* scores, std::size_t n, float scale,
   }
 #endif
   for (; i < n; ++i) scores[i] *= scale;
-  if (soft_cap != 0.0F) {
-    // tanh is rare enough (Gemma-style models only) to stay scalar libm.
-    const float inverse_cap = 1.0F / soft_cap;
-    // An entry that is already -inf was masked by the caller; capping it to
-    // -soft_cap would unmask it, so it stays -inf.
-    for (std::size_t j = 0; j < n; ++j) {
-      if (scores[j] == -__builtin_inff()) continue;
-      scores[j] = soft_cap * std::tanh(scores[j] * inverse_cap);
-    }
+  if (soft_cap != 0.0F) CapScores(scores, n, soft_cap);
+}
+
+void CapScores(float* scores, std::size_t n, float soft_cap) {
+  const float inverse_cap = 1.0F / soft_cap;
+  std::size_t i = 0;
+  // An entry that is already -inf was masked by the caller; capping it to
+  // -soft_cap would unmask it, so it stays -inf.
+#if defined(RPA_ATTENTION_AVX2)
+  const __m256 cap8 = _mm256_set1_ps(soft_cap);
+  const __m256 inverse8 = _mm256_set1_ps(inverse_cap);
+  const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(scores + i);
+    const __m256 capped =
+        _mm256_mul_ps(Tanh8(_mm256_mul_ps(x, inverse8)), cap8);
+    const __m256 masked = _mm256_cmp_ps(x, minus_inf, _CMP_EQ_OQ);
+    _mm256_storeu_ps(scores + i, _mm256_blendv_ps(capped, x, masked));
+  }
+#endif
+  for (; i < n; ++i) {
+    if (scores[i] == -__builtin_inff()) continue;
+    scores[i] = soft_cap * std::tanh(scores[i] * inverse_cap);
   }
 }
 

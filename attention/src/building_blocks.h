@@ -62,6 +62,13 @@ void LoadKvTile(const memory::KvLayerView& cache, const std::int32_t* pages,
 void ScaleAndCapScores(float* scores, std::size_t n, float scale,
                        float soft_cap);
 
+// The soft cap alone (SPEC section 2, step 4) for i < n: scores[i] =
+// soft_cap * tanh(scores[i] / soft_cap), soft_cap != 0; -inf stays -inf.
+// Eight lanes at a time through fast_exp.h's Tanh8 (relative error ~2e-7)
+// in the AVX2 build; libm tanh for the tail and in the portable build. Every
+// kernel's soft cap goes through here.
+void CapScores(float* scores, std::size_t n, float soft_cap);
+
 // exp(x) for i < n in place; relative error <= 2e-7 for x in [-87, 88],
 // exactly 0 for x = -inf.
 void ExpInPlace(float* values, std::size_t n);

@@ -25,11 +25,11 @@
 // range are never read (slots past kv_len may hold NaN).
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "building_blocks.h"
 #include "decode_item.h"
 #include "fast_exp.h"
 #include "kernels.h"
@@ -185,19 +185,15 @@ struct ItemGeometry {
   float soft_cap = 0.0F;
 };
 
-// Soft cap (rare: Gemma-style models) on the scores s[0, tokens) x [begin,
-// end): scalar libm tanh, as ScaleAndCapScores. Out of line and called with
-// bounds recomputed from the pass's live values: inlined, or with bounds the
-// loops above had to keep alive, it cost the hot loops registers (the cold
-// f16 decode ran ~10 % slower).
-[[gnu::noinline]] void CapScores(float cap, std::int32_t tokens,
-                                 std::uint32_t begin, std::uint32_t end,
-                                 float (*s)[kMaxItemRows]) {
-  const float inverse_cap = 1.0F / cap;
+// The soft cap (building_blocks.h) on the scores s[0, tokens) x [begin,
+// end). Out of line and called with bounds recomputed from the pass's live
+// values: inlined, or with bounds the loops above had to keep alive, it cost
+// the hot loops registers (the cold f16 decode ran ~10 % slower).
+[[gnu::noinline]] void CapScoreRows(float cap, std::int32_t tokens,
+                                    std::uint32_t begin, std::uint32_t end,
+                                    float (*s)[kMaxItemRows]) {
   for (std::int32_t t = 0; t < tokens; ++t) {
-    for (std::uint32_t r = begin; r < end; ++r) {
-      s[t][r] = cap * std::tanh(s[t][r] * inverse_cap);
-    }
+    CapScores(&s[t][begin], end - begin, cap);
   }
 }
 
@@ -336,7 +332,8 @@ RPA_AVX512 void DecodeRows(const float* q, const ItemGeometry& g,
         }
       }
       if (g.soft_cap != 0.0F) {
-        CapScores(g.soft_cap, nb, h0 * kGroup, (h0 + pass_heads) * kGroup, s);
+        CapScoreRows(g.soft_cap, nb, h0 * kGroup, (h0 + pass_heads) * kGroup,
+                     s);
       }
       // (B) the online softmax, rows as lanes.
       for (std::uint32_t j = row_begin; j < lane_end; j += 16) {

@@ -12,7 +12,6 @@
 
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -219,11 +218,7 @@ __m256 ChunkSoftmax(float* scores, std::int32_t num_tokens, float scale,
     _mm256_store_ps(row, _mm256_mul_ps(_mm256_load_ps(row), scale8));
   }
   if (soft_cap != 0.0F) {
-    // Rare (Gemma-style models): scalar libm tanh, as ScaleAndCapScores.
-    const float inverse_cap = 1.0F / soft_cap;
-    for (std::int32_t i = 0; i < steps * 8; ++i) {
-      scores[i] = soft_cap * std::tanh(scores[i] * inverse_cap);
-    }
+    CapScores(scores, static_cast<std::size_t>(steps) * 8, soft_cap);
   }
   // Token index of each lane at step 0.
   const __m256i lane_token =

@@ -1,7 +1,8 @@
 #pragma once
 
 // The vectorised exp shared by the building blocks (ExpInPlace, the online
-// softmax) and the decode kernel: one set of constants, one polynomial.
+// softmax) and the decode kernel: one set of constants, one polynomial; and
+// the tanh of the soft cap, built on it.
 // Private to attention/.
 
 #if defined(RPA_ATTENTION_AVX2)
@@ -96,6 +97,31 @@ inline float HorizontalSum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// tanh(x), Cephes' tanhf: an odd polynomial below |x| = 0.625 (where
+// 1 - 2 / (e^2x + 1) would cancel), the exp form above; relative error
+// ~2e-7 everywhere. +-inf -> +-1, NaN -> NaN. The soft cap of every kernel
+// (building_blocks.h's CapScores).
+inline __m256 Tanh8(__m256 x) {
+  const __m256 sign_mask = _mm256_set1_ps(-0.0F);
+  const __m256 abs_x = _mm256_andnot_ps(sign_mask, x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 small = _mm256_set1_ps(-5.70498872745E-3F);
+  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(2.06390887954E-2F));
+  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(-5.37397155531E-2F));
+  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(1.33314422036E-1F));
+  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(-3.33332819422E-1F));
+  small = _mm256_fmadd_ps(_mm256_mul_ps(small, z), x, x);
+  const __m256 e = Exp8(_mm256_add_ps(abs_x, abs_x));
+  __m256 large =
+      _mm256_sub_ps(_mm256_set1_ps(1.0F),
+                    _mm256_div_ps(_mm256_set1_ps(2.0F),
+                                  _mm256_add_ps(e, _mm256_set1_ps(1.0F))));
+  large = _mm256_or_ps(large, _mm256_and_ps(sign_mask, x));
+  const __m256 use_small =
+      _mm256_cmp_ps(abs_x, _mm256_set1_ps(0.625F), _CMP_LT_OQ);
+  return _mm256_blendv_ps(large, small, use_small);
+}
+
 #endif
 
 }  // namespace rpa::attention::internal

@@ -127,18 +127,6 @@ void LoadKvTiles(const memory::KvLayerView& cache, const std::int32_t* pages,
   }
 }
 
-// scores = soft_cap * tanh(scores / soft_cap); n is a multiple of 8.
-void CapScores(float* scores, std::size_t n, float soft_cap) {
-  const Vec8 cap = flash::Set1(soft_cap);
-  const Vec8 inv_cap = flash::Set1(1.0F / soft_cap);
-  for (std::size_t i = 0; i < n; i += kLanes) {
-    flash::Store(
-        scores + i,
-        flash::Mul(flash::Tanh(flash::Mul(flash::Load(scores + i), inv_cap)),
-                   cap));
-  }
-}
-
 // The online softmax of one panel over num_keys scores (masked = -inf), in
 // the log2 domain (scores are pre-multiplied by log2(e), so 2^(s - max) is
 // the softmax's exp(score - max) and needs no range reduction by ln 2):

@@ -99,30 +99,6 @@ RPA_FLASH_INLINE Vec8 Exp2NonPositive(Vec8 x) {
   return {_mm256_mul_ps(y, _mm256_castsi256_ps(exponent))};
 }
 
-// tanh(x), Cephes' tanhf: an odd polynomial below |x| = 0.625 (where
-// 1 - 2 / (e^2x + 1) would cancel), the exp form above; relative error
-// ~2e-7 everywhere.
-RPA_FLASH_INLINE Vec8 Tanh(Vec8 x) {
-  const __m256 sign_mask = _mm256_set1_ps(-0.0F);
-  const __m256 abs_x = _mm256_andnot_ps(sign_mask, x.v);
-  const __m256 z = _mm256_mul_ps(x.v, x.v);
-  __m256 small = _mm256_set1_ps(-5.70498872745E-3F);
-  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(2.06390887954E-2F));
-  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(-5.37397155531E-2F));
-  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(1.33314422036E-1F));
-  small = _mm256_fmadd_ps(small, z, _mm256_set1_ps(-3.33332819422E-1F));
-  small = _mm256_fmadd_ps(_mm256_mul_ps(small, z), x.v, x.v);
-  const __m256 e = Exp(Vec8{_mm256_add_ps(abs_x, abs_x)}).v;
-  __m256 large =
-      _mm256_sub_ps(_mm256_set1_ps(1.0F),
-                    _mm256_div_ps(_mm256_set1_ps(2.0F),
-                                  _mm256_add_ps(e, _mm256_set1_ps(1.0F))));
-  large = _mm256_or_ps(large, _mm256_and_ps(sign_mask, x.v));
-  const __m256 use_small =
-      _mm256_cmp_ps(abs_x, _mm256_set1_ps(0.625F), _CMP_LT_OQ);
-  return {_mm256_blendv_ps(large, small, use_small)};
-}
-
 #else  // portable
 
 // GCC / Clang generic vectors of 4 floats (two per Vec8): the compiler lowers
@@ -182,12 +158,6 @@ RPA_FLASH_INLINE Float4 Exp2NonPositive4(Float4 x) {
 }
 RPA_FLASH_INLINE Vec8 Exp2NonPositive(Vec8 x) {
   return {Exp2NonPositive4(x.lo), Exp2NonPositive4(x.hi)};
-}
-RPA_FLASH_INLINE Vec8 Tanh(Vec8 x) {
-  float lanes[kLanes];
-  Store(lanes, x);
-  for (float& lane : lanes) lane = std::tanh(lane);
-  return Load(lanes);
 }
 
 #endif  // RPA_ATTENTION_AVX2

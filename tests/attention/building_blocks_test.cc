@@ -206,6 +206,33 @@ TEST(BuildingBlocksTest, ScaleAndCapScores) {
   EXPECT_EQ(minus_inf, -kInf);
 }
 
+TEST(BuildingBlocksTest, CapScoresIsTanhToAFewUlpsOnBothPathsAndKeepsMasks) {
+  // Both branches of the vector tanh (|x / cap| below and above 0.625),
+  // tiny and huge inputs, and n not a multiple of 8 (the scalar tail).
+  std::vector<float> scores;
+  for (float x = -40.0F; x <= 40.0F; x += 0.0173F) scores.push_back(x);
+  for (const float x : {0.0F, -0.0F, 1e-8F, -1e-8F, 0.625F, -0.625F, 0.62499F,
+                        1e4F, -1e4F, kInf}) {
+    scores.push_back(x);
+  }
+  scores.push_back(-kInf);  // masked: stays -inf
+  scores.push_back(std::numeric_limits<float>::quiet_NaN());
+  ASSERT_NE(scores.size() % 8, 0U);
+  for (const float cap : {1.0F, 50.0F, -3.0F}) {
+    std::vector<float> capped = scores;
+    CapScores(capped.data(), capped.size(), cap);
+    for (std::size_t i = 0; i + 2 < scores.size(); ++i) {
+      const double want =
+          static_cast<double>(cap) *
+          std::tanh(static_cast<double>(scores[i]) / static_cast<double>(cap));
+      EXPECT_NEAR(capped[i], want, 4e-7 * std::abs(want) + 1e-30)
+          << "x " << scores[i] << ", cap " << cap;
+    }
+    EXPECT_EQ(capped[scores.size() - 2], -kInf);
+    EXPECT_TRUE(std::isnan(capped.back()));
+  }
+}
+
 TEST(BuildingBlocksTest, ExpIsAccurateOverTheWholeRange) {
   std::vector<float> values;
   for (float x = -87.0F; x <= 88.0F; x += 0.0137F) values.push_back(x);
