@@ -4,8 +4,9 @@
 // built for them (RPA_ATTENTION_AVX2), plain C++ arrays otherwise (the
 // portable build; the compiler vectorises what it can). The micro-kernels and
 // the online softmax are written once against this interface, so both builds
-// run the same algorithm and differ only in speed and in the last ulp of exp
-// and tanh. Private to attention/.
+// run the same algorithm and differ only in speed and in the last ulp of exp2
+// (and of the soft cap's tanh, building_blocks.h's CapScores). Private to
+// attention/.
 
 #include <bit>
 #include <cmath>
@@ -54,37 +55,12 @@ RPA_FLASH_INLINE Vec8 ZeroIfMinusInf(Vec8 a) {
   return {_mm256_andnot_ps(is_minus_inf, a.v)};
 }
 
-// exp(x), Cephes' expf polynomial: relative error <= 2e-7 on [-87.3, 88.3];
-// 0 below -87.3 (where the result would be subnormal) and for -inf.
-RPA_FLASH_INLINE Vec8 Exp(Vec8 x) {
-  const __m256 underflow =
-      _mm256_cmp_ps(x.v, _mm256_set1_ps(-87.3F), _CMP_LT_OQ);
-  __m256 clamped = _mm256_min_ps(x.v, _mm256_set1_ps(88.3762626647949F));
-  clamped = _mm256_max_ps(clamped, _mm256_set1_ps(-87.3F));
-  const __m256 n = _mm256_round_ps(
-      _mm256_mul_ps(clamped, _mm256_set1_ps(1.44269504088896341F)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375F), clamped);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4F), r);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4F);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3F));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3F));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2F));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1F));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1F));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0F));
-  const __m256i exponent = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
-  return {_mm256_andnot_ps(underflow, result)};
-}
-
 // 2^x for x <= 0 (the softmax's only use: scores minus their running max,
 // or -inf), Cephes' exp2f polynomial on [-0.5, 0.5]: relative error <= 2e-7.
 // Below -127 (and for -inf) the result is exactly 0: clamping to -127 makes
 // the exponent field 0, so 2^n * poly is +0 without a compare and a blend.
-// Half the work of Exp: no range check above, no two-constant ln 2 split.
+// Half the work of a general exp (fast_exp.h's Exp8): no range check above,
+// no two-constant ln 2 split.
 RPA_FLASH_INLINE Vec8 Exp2NonPositive(Vec8 x) {
   const __m256 t = _mm256_max_ps(x.v, _mm256_set1_ps(-127.0F));
   const __m256 n =
